@@ -1,0 +1,42 @@
+"""dc_jupyter's settings, kept in Dask's own configuration system.
+
+The shipped ``dc_jupyter.yaml`` is merged with ``dask.config.update_defaults``
+so user YAML, ``DASK_DC_JUPYTER__*`` variables and ``dask.config.set`` win.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dask.config
+import yaml
+
+_DEFAULTS_FILE = os.path.join(os.path.dirname(__file__), "dc_jupyter.yaml")
+
+with open(_DEFAULTS_FILE) as f:
+    _defaults = yaml.safe_load(f)
+
+dask.config.update_defaults(_defaults)
+
+
+def get(key: str, default: Any = None) -> Any:
+    """Return the setting ``dc_jupyter.<key>``."""
+    return dask.config.get(f"dc_jupyter.{key}", default)
+
+
+def seconds(value: Any, what: str) -> float | None:
+    """Parse a timeout given as a number or a Dask time string ("10s", "2 minutes")."""
+    from dask.utils import parse_timedelta
+
+    if value is None:
+        return None
+    try:
+        parsed = parse_timedelta(value, default="seconds")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{what} must be a number of seconds or a time string like '10s', not {value!r}"
+        ) from exc
+    if parsed is None or parsed <= 0:
+        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+    return float(parsed)

@@ -1,0 +1,160 @@
+"""Handles for submitted work, in the ``concurrent.futures`` vocabulary.
+
+A ``JobFuture`` wraps a backend's own future (a ``distributed.Future`` or a
+``concurrent.futures.Future``) whose result is a pickled blob, and gives the
+familiar ``result(timeout)``, ``exception()``, ``done()``, ``cancel()``,
+``add_done_callback()`` plus a ``status`` string.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from . import serialize
+
+logger = logging.getLogger(__name__)
+
+_NOT_YET = object()
+
+#: Frames from these files are plumbing; remote tracebacks start at user code.
+_PLUMBING = (
+    "/distributed/",
+    "/dc_jupyter/",
+    "<dynamic-code>",
+    "concurrent/futures/",
+    "/tornado/",
+)
+
+
+def _strip_plumbing(exc: BaseException) -> BaseException:
+    tb = exc.__traceback__
+    while tb is not None and any(p in tb.tb_frame.f_code.co_filename for p in _PLUMBING):
+        tb = tb.tb_next
+    if tb is not None:
+        exc.__traceback__ = tb
+    return exc
+
+
+class JobFuture:
+    """A submitted job: wait for it, cancel it, or ask how it is doing.
+
+    Parameters
+    ----------
+    inner
+        The backend's future; its result is a blob from ``_worker.run_job``.
+    name
+        What runs, for messages and widgets (e.g. ``"square"``).
+    keep
+        Objects to keep alive as long as this handle (e.g. dependency futures).
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        name: str,
+        key: str | None = None,
+        keep: tuple = (),
+        on_cancel: Callable[[], None] | None = None,
+    ) -> None:
+        self._inner = inner
+        self.name = name
+        self.key = key
+        self._keep = keep
+        self._on_cancel = on_cancel
+        self._value: Any = _NOT_YET
+        self._lock = threading.Lock()
+        self.submitted_at = time.monotonic()
+
+    # -- state -------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        """One of ``pending``, ``running``, ``finished``, ``error``, ``cancelled``."""
+        inner = self._inner
+        status = getattr(inner, "status", None)
+        if isinstance(status, str):
+            return {"lost": "error"}.get(status, status)
+        if inner.cancelled():
+            return "cancelled"
+        if inner.done():
+            return "error" if inner.exception() is not None else "finished"
+        return "running" if inner.running() else "pending"
+
+    def done(self) -> bool:
+        """True when the job finished, failed or was cancelled."""
+        return self._inner.done()
+
+    def cancelled(self) -> bool:
+        return self.status == "cancelled"
+
+    # -- waiting ---------------------------------------------------------
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job and return its value, or raise its exception.
+
+        Raises ``TimeoutError`` if it is not done within ``timeout`` seconds (the
+        job keeps running, as with ``concurrent.futures``). A ``KeyboardInterrupt``
+        while waiting cancels the job and is raised again.
+        """
+        __tracebackhide__ = True  # IPython: show the remote frames, not this plumbing
+        if self._value is not _NOT_YET:
+            return self._value
+        try:
+            blob = self._inner.result(timeout=timeout)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        except TimeoutError:
+            raise
+        except Exception as exc:
+            raise _strip_plumbing(exc) from exc.__cause__
+        with self._lock:
+            if self._value is _NOT_YET:
+                self._value = serialize.loads_result(blob)
+        return self._value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait like ``result`` and return the job's exception, or None on success."""
+        try:
+            self.result(timeout)
+        except TimeoutError:
+            if not self.done():
+                raise
+            return self._inner.exception()
+        except Exception as exc:
+            return exc
+        return None
+
+    def cancel(self) -> bool:
+        """Cancel the job (queued or running) on the cluster; True if it was not done."""
+        was_done = self.done()
+        self._inner.cancel()
+        for kept in self._keep:
+            cancel = getattr(kept, "cancel", None)
+            if cancel is not None:
+                cancel()
+        if self._on_cancel is not None:
+            self._on_cancel()
+        return not was_done
+
+    def add_done_callback(self, fn: Callable[[JobFuture], Any]) -> None:
+        """Call ``fn(self)`` when the job is done; errors in ``fn`` are logged, not raised."""
+
+        def call(_inner: Any) -> None:
+            try:
+                fn(self)
+            except Exception:
+                logger.exception("dc_jupyter: a done-callback raised")
+
+        self._inner.add_done_callback(call)
+
+    def __repr__(self) -> str:
+        return f"<JobFuture {self.name} status={self.status}>"
+
+
+def format_exception_summary(exc: BaseException) -> str:
+    """The one-line summary of an exception, as the last line of a traceback shows it."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
