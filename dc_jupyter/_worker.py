@@ -56,7 +56,7 @@ def call_payload(payload: bytes, dep_blobs=()):
                 args[slot] = _fill(args[slot], results)
             else:
                 kwargs[slot] = _fill(kwargs[slot], results)
-    name = getattr(func, "__qualname__", None) or type(func).__name__
+    name = getattr(func, "__name__", None) or type(func).__name__
     return name, func(*args, **kwargs)
 
 
@@ -66,8 +66,13 @@ def dump_result(result, name: str) -> bytes:
         return cloudpickle.dumps(result, protocol=PICKLE_PROTOCOL)
     except Exception as exc:
         kind = type(result)
+        shown = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
         raise TypeError(
-            f"The result of {name}() is a {kind.__module__}.{kind.__qualname__}, which cannot "
+            f"The result of {name}() is a {shown}, which cannot "
             f"be pickled to send back to the notebook ({type(exc).__name__}: {exc}). Return "
             "plain data instead (numbers, strings, lists, dicts, arrays), or convert it on the "
             "worker before returning."

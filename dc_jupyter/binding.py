@@ -69,6 +69,7 @@ def make_binder(func: Callable, name: str | None = None) -> Callable[..., dict[s
     if hasattr(code, "co_qualname"):
         replace["co_qualname"] = qualname
     stub.__code__ = code.replace(**replace)
+    stub.__qualname__ = qualname
     return stub
 
 

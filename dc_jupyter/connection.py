@@ -13,6 +13,8 @@ import atexit
 import logging
 import os
 import threading
+import warnings
+import weakref
 from typing import Any
 
 import dask.config
@@ -28,7 +30,7 @@ _explicit: Any = None  # the Client chosen with connect()/start_local()
 _by_address: dict[str, Any] = {}  # clients we opened, by scheduler address
 _local_cluster: Any = None
 _local_client: Any = None
-_checked: set[int] = set()  # id() of clients whose versions were checked
+_checked: weakref.WeakSet = weakref.WeakSet()  # clients whose versions were checked
 
 
 def _connect_timeout(timeout: float | str | None) -> float:
@@ -40,10 +42,15 @@ def _connect_timeout(timeout: float | str | None) -> float:
 def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any) -> Any:
     """A new ``distributed.Client``; an unreachable scheduler is a clear error."""
     from distributed import Client
+    from distributed.versions import VersionMismatchWarning
 
     seconds = _connect_timeout(timeout)
     try:
-        return Client(target, timeout=f"{seconds}s", set_as_default=False, **kwargs)
+        with warnings.catch_warnings():
+            if config.get("check-versions", True):
+                # ensure_compatible() raises a clearer error for the same finding.
+                warnings.simplefilter("ignore", VersionMismatchWarning)
+            return Client(target, timeout=f"{seconds}s", set_as_default=False, **kwargs)
     except (OSError, TimeoutError) as exc:
         where = target if isinstance(target, str) else kwargs.get("scheduler_file", target)
         raise SchedulerUnreachableError(
@@ -189,10 +196,10 @@ def _embedded_client(n_workers: int | None) -> Any:
 
 def ensure_compatible(client: Any) -> None:
     """Check versions once per client (see ``versions.check_versions``)."""
-    if not config.get("check-versions", True) or id(client) in _checked:
+    if not config.get("check-versions", True) or client in _checked:
         return
     check_versions(client)
-    _checked.add(id(client))
+    _checked.add(client)
 
 
 def describe(client: Any) -> dict[str, Any]:
@@ -220,7 +227,7 @@ def _accepts_n_workers(client: Any) -> bool:
 
 
 def _close_quietly(client: Any) -> None:
-    _checked.discard(id(client))
+    _checked.discard(client)
     try:
         client.close(timeout=2)
     except Exception:  # closing a broken connection must not hide the real error

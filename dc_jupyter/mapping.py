@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .errors import SerializationError
 from .job import Job, wait_or_cancel
 
 if TYPE_CHECKING:
@@ -51,8 +52,17 @@ class MapJob:
 
     def submit(self) -> MapFuture:
         """Send every item and return at once with a ``MapFuture``."""
+        prepared = []
+        for index, job in enumerate(self.jobs):  # pickle every item before sending any
+            try:
+                prepared.append(job.prepare())
+            except SerializationError as exc:
+                raise SerializationError(f"{self.name}.map(): item {index}: {exc}") from exc
         backend = self.function.backend()
-        return MapFuture([backend.submit(job) for job in self.jobs], name=self.name)
+        futures = [
+            backend.submit_prepared(job, *p) for job, p in zip(self.jobs, prepared, strict=True)
+        ]
+        return MapFuture(futures, name=self.name)
 
     def compute(self, timeout: float | None = None) -> list[Any]:
         """Run every item and return the results as a list, in input order."""

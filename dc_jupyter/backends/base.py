@@ -19,9 +19,14 @@ class Backend(ABC):
 
     name: str = "backend"
 
-    @abstractmethod
     def submit(self, job: Job) -> JobFuture:
-        """Start ``job`` (and its dependencies) and return its handle."""
+        """Pickle ``job``, start it (and its dependencies) and return its handle."""
+        payload, deps = job.prepare()
+        return self.submit_prepared(job, payload, deps)
+
+    @abstractmethod
+    def submit_prepared(self, job: Job, payload: bytes, deps: list[Job]) -> JobFuture:
+        """Start a job already pickled by ``job.prepare()`` and return its handle."""
 
     def describe(self) -> str:
         """One line saying where work goes, for ``%distribute`` and widgets."""

@@ -35,8 +35,7 @@ class DaskBackend(Backend):
             client=opts.client, cluster=opts.cluster, address=opts.address
         )
 
-    def submit(self, job: Job) -> JobFuture:
-        payload, deps = job.prepare()  # before connecting: pickling errors come first
+    def submit_prepared(self, job: Job, payload: bytes, deps: list[Job]) -> JobFuture:
         client = self.client()
         dep_handles = [self.submit(dep) for dep in deps]
         opts = job.function.options

@@ -30,8 +30,7 @@ class ExecutorBackend(Backend):
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
 
-    def submit(self, job: Job) -> JobFuture:
-        payload, deps = job.prepare()
+    def submit_prepared(self, job: Job, payload: bytes, deps: list[Job]) -> JobFuture:
         dep_handles = [self.submit(dep) for dep in deps]
         if not dep_handles:
             inner = self.executor.submit(_worker.run_job, payload)

@@ -23,8 +23,7 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def submit(self, job: Job) -> JobFuture:
-        payload, deps = job.prepare()
+    def submit_prepared(self, job: Job, payload: bytes, deps: list[Job]) -> JobFuture:
         dep_handles = [self.submit(dep) for dep in deps]
         inner: Future = Future()
         inner.set_running_or_notify_cancel()

@@ -1,0 +1,97 @@
+"""Shared fixtures: a real cluster of `dask scheduler` + `dask worker` processes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from dc_jupyter.process_cluster import ProcessCluster
+
+HERE = Path(__file__).parent
+
+# Nothing a test starts (IPython, kernels, Jupyter, Dask) may write to the real
+# home: point every such directory into one temp dir before anything runs.
+_HOME = Path(tempfile.mkdtemp(prefix="dc-jupyter-test-home-"))
+for _var, _sub in {
+    "HOME": "",
+    "IPYTHONDIR": ".ipython",
+    "JUPYTER_CONFIG_DIR": ".jupyter",
+    "JUPYTER_DATA_DIR": ".local/share/jupyter",
+    "JUPYTER_RUNTIME_DIR": ".local/share/jupyter/runtime",
+    "MPLCONFIGDIR": ".config/matplotlib",
+}.items():
+    os.environ[_var] = str(_HOME / _sub)
+os.environ.pop("DASK_SCHEDULER_ADDRESS", None)
+BLOCK_PRELOAD = str(HERE / "block_dc_jupyter.py")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """Scheduler and two one-thread workers on loopback that cannot import dc_jupyter."""
+    workdir = tmp_path_factory.mktemp("cluster")
+    proc_cluster = ProcessCluster(
+        n_workers=2, worker_args=["--preload", BLOCK_PRELOAD], workdir=str(workdir)
+    )
+    proc_cluster.start()
+    yield proc_cluster
+    proc_cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def client(cluster):
+    """A distributed.Client on the session cluster."""
+    from distributed import Client
+
+    with Client(cluster.address, timeout="30s", set_as_default=False) as c:
+        yield c
+
+
+@pytest.fixture
+def no_thread_leak():
+    """Fail if the test leaves new dc_jupyter threads running."""
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    import time
+
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = [
+            t
+            for t in threading.enumerate()
+            if t.ident not in before and t.is_alive() and t.name.startswith("dc_jupyter")
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_connection():
+    """Each test starts with no cluster chosen; what it opened is closed after."""
+    import dc_jupyter
+
+    dc_jupyter.close()
+    yield
+    dc_jupyter.close()
+
+
+def scheduler_task_count(client) -> int:
+    """How many tasks the scheduler still holds (orphans show up here)."""
+    return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
