@@ -19,7 +19,7 @@ from .errors import (
 )
 from .handle import JobFuture
 from .job import Job
-from .mapping import MapFuture, MapJob
+from .mapping import MapFuture, MapJob, MapProgress
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,7 @@ __all__ = [
     "JobOptions",
     "MapFuture",
     "MapJob",
+    "MapProgress",
     "RemoteFunction",
     "SchedulerUnreachableError",
     "SerializationError",

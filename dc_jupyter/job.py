@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _worker, serialize
 from .binding import labelled_arguments
+from .display import watching
 
 if TYPE_CHECKING:
     from .decorator import RemoteFunction
@@ -97,7 +98,8 @@ class Job:
         __tracebackhide__ = True
         timeout = self.function.options.timeout if timeout is None else timeout
         handle = self.submit()
-        return wait_or_cancel(handle, timeout)
+        with watching(handle):
+            return wait_or_cancel(handle, timeout)
 
     run = compute
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .display import watching
 from .errors import SerializationError
 from .job import Job, wait_or_cancel
 
@@ -67,12 +70,31 @@ class MapJob:
     def compute(self, timeout: float | None = None) -> list[Any]:
         """Run every item and return the results as a list, in input order."""
         timeout = self.function.options.timeout if timeout is None else timeout
-        return wait_or_cancel(self.submit(), timeout)
+        handle = self.submit()
+        with watching(handle):
+            return wait_or_cancel(handle, timeout)
 
     run = compute
 
     def __repr__(self) -> str:
         return f"<MapJob {self.name} over {len(self)} items, not sent>"
+
+
+@dataclass
+class MapProgress:
+    """A snapshot of a map, in items (not tasks), for widgets and progress bars."""
+
+    total: int
+    done: int = 0  # finished successfully
+    failed: int = 0
+    cancelled: int = 0
+    running: int = 0  # known to be executing now, where the backend can tell
+    per_worker: dict[str, int] = field(default_factory=dict)  # items each worker has taken
+    started_at: float = 0.0  # time.monotonic() at submit
+
+    @property
+    def finished(self) -> bool:
+        return self.done + self.failed + self.cancelled >= self.total
 
 
 class MapFuture:
@@ -81,6 +103,7 @@ class MapFuture:
     def __init__(self, futures: list[JobFuture], name: str) -> None:
         self.futures = futures
         self.name = name
+        self.started_at = time.monotonic()
 
     @property
     def total(self) -> int:
@@ -92,6 +115,17 @@ class MapFuture:
         for status in (f.status for f in self.futures):
             counts[status if status in counts else "pending"] += 1
         return counts
+
+    def progress(self) -> MapProgress:
+        """How far the map is, counted in items; cheap enough to call ~10 times a second."""
+        counts = self.counts()
+        return MapProgress(
+            total=self.total,
+            done=counts["finished"],
+            failed=counts["error"],
+            cancelled=counts["cancelled"],
+            started_at=self.started_at,
+        )
 
     def done(self) -> bool:
         return all(f.done() for f in self.futures)
@@ -107,8 +141,6 @@ class MapFuture:
 
     def result(self, timeout: float | None = None) -> list[Any]:
         """Wait for every item; raise the first failure (by index) naming its index."""
-        import time
-
         deadline = None if timeout is None else time.monotonic() + timeout
         results = []
         try:
