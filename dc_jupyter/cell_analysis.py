@@ -345,6 +345,12 @@ class _TopLevel(ast.NodeVisitor):
         self.visit(node.value)
         self.visit(node.target)
 
+    def visit_Call(self, node: ast.Call) -> None:
+        self.generic_visit(node)
+        timed = _timed_code(node)
+        if timed is not None:  # `%time x = f()` binds x where it runs
+            self.block(timed)
+
     def visit_Lambda(self, node: ast.Lambda) -> None:
         for expr in [*node.args.defaults, *(d for d in node.args.kw_defaults if d)]:
             self.visit(expr)
@@ -502,6 +508,28 @@ class _TopLevel(ast.NodeVisitor):
     def visit_TypeAlias(self, node) -> None:  # Python 3.12+: the value is evaluated lazily
         self.nested(ast.Lambda(args=_NO_ARGS, body=node.value), immediate=False)
         self.visit(node.name)
+
+
+def _timed_code(node: ast.Call) -> list[ast.stmt] | None:
+    """The statements of ``get_ipython().run_line_magic('time', '...')`` (or the cell form)."""
+    func = node.func
+    if not (
+        isinstance(func, ast.Attribute)
+        and func.attr in ("run_line_magic", "run_cell_magic")
+        and isinstance(func.value, ast.Call)
+        and isinstance(func.value.func, ast.Name)
+        and func.value.func.id == "get_ipython"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and node.args[0].value == "time"
+        and isinstance(node.args[-1], ast.Constant)
+        and isinstance(node.args[-1].value, str)
+    ):
+        return None
+    try:
+        return ast.parse(node.args[-1].value).body
+    except SyntaxError:
+        return None
 
 
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
