@@ -17,9 +17,11 @@ from __future__ import annotations
 import ast
 import builtins
 import io
+import os
 import sys
 import threading
 import types
+
 import cloudpickle
 
 OUTPUT_TOPIC = "dc_jupyter-cell-output"
@@ -96,29 +98,39 @@ def _dumps(value) -> bytes:
 
 
 def _dump_outcome(outcome: dict) -> bytes:
+    """Pickle the outcome; a variable that cannot be pickled is left out and reported.
+
+    Everything goes in one pickle so that objects shared between names stay
+    shared, and instances keep the very class the cell defined.
+    """
     try:
         return _dumps(outcome)
     except Exception:
         pass
-    for label, value in [
-        *(("variable " + repr(n), v) for n, v in outcome["values"].items()),
-        ("the last expression's value", outcome["result"]),
-    ]:
+    try:
+        _dumps(outcome["result"])
+    except Exception as exc:
+        raise TypeError(
+            f"The cell's last expression is a {_type_name(outcome['result'])}, which cannot be "
+            f"pickled to send back to the notebook ({type(exc).__name__}: {exc}). End the cell "
+            "with a value that can (numbers, strings, lists, dicts, arrays)."
+        ) from None
+    skipped = {}
+    for name, value in list(outcome["values"].items()):
         try:
             _dumps(value)
         except Exception as exc:
-            kind = type(value)
-            shown = (
-                kind.__qualname__
-                if kind.__module__ == "builtins"
-                else (f"{kind.__module__}.{kind.__qualname__}")
-            )
-            raise TypeError(
-                f"The cell's {label} is a {shown}, which cannot be pickled to send back to "
-                f"the notebook ({type(exc).__name__}: {exc}). Delete it at the end of the "
-                "cell (`del name`), or bring back only what you need with --pull a,b."
-            ) from None
-    return _dumps(outcome)  # raises the original error
+            skipped[name] = f"a {_type_name(value)} cannot be pickled ({type(exc).__name__}: {exc})"
+            del outcome["values"][name]
+    outcome["skipped"] = skipped
+    return _dumps(outcome)
+
+
+def _type_name(value) -> str:
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 # -- live output ---------------------------------------------------------------------
@@ -172,6 +184,7 @@ class _Forwarder:
         self.worker = worker
         self.cell_id = cell_id
         self.part = part
+        self.attempt = os.urandom(8).hex()  # a retried run starts its sequence again
         self.seq = 0
         self.pending: list[tuple[str, str]] = []
         self.lock = threading.Lock()
@@ -195,7 +208,13 @@ class _Forwarder:
 
     def _send(self, fields: dict) -> None:
         # under self.lock: sequence numbers leave in order
-        message = {"cell": self.cell_id, "part": self.part, "seq": self.seq, **fields}
+        message = {
+            "cell": self.cell_id,
+            "part": self.part,
+            "attempt": self.attempt,
+            "seq": self.seq,
+            **fields,
+        }
         self.seq += 1
         self.worker.log_event(OUTPUT_TOPIC, message)
 
@@ -245,7 +264,7 @@ class _forwarding_output:
         self.forwarder = _Forwarder(worker, self.cell_id, self.part)
         self.routers = _install_routers()
         ident = threading.get_ident()
-        for router, stream in zip(self.routers, ("stdout", "stderr")):
+        for router, stream in zip(self.routers, ("stdout", "stderr"), strict=True):
             router.sinks[ident] = _Sink(self.forwarder, stream)
         self.forwarder.thread.start()
         return self

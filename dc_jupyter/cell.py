@@ -153,7 +153,7 @@ def _plan(shell: Any, cell: str, options: CellOptions, header: str) -> _Plan:
                 name=name,
             )
     for name in analysis.builtins_read:  # a notebook variable shadowing a builtin
-        if name in user_ns:
+        if name in user_ns and name not in provided:
             captured[name] = user_ns[name]
     names = analysis.outputs
     if options.pull is not None:
@@ -281,7 +281,9 @@ def _outcome(plan: _Plan, raw: Any) -> dict:
         for name in plan.names
         if any(name in part["values"] for part in parts)
     }
-    return {"values": values, "deleted": [], "result": [part["result"] for part in parts]}
+    skipped = {k: v for part in parts for k, v in part.get("skipped", {}).items()}
+    results = [part["result"] for part in parts]
+    return {"values": values, "deleted": [], "result": results, "skipped": skipped}
 
 
 def _apply(shell: Any, plan: _Plan, outcome: dict) -> Any:
@@ -293,6 +295,12 @@ def _apply(shell: Any, plan: _Plan, outcome: dict) -> Any:
     user_ns.update(values)
     for name in outcome["deleted"]:
         user_ns.pop(name, None)
+    for name, reason in outcome.get("skipped", {}).items():
+        print(
+            f"%%distribute: {name!r} was not brought back: {reason}. Delete it at the end of "
+            "the cell, or choose what comes back with --pull a,b.",
+            file=sys.stderr,
+        )
     return outcome["result"] if plan.analysis.has_result else None
 
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 __all__ = ["CellAnalysis", "analyze_cell"]
 
-BUILTIN_NAMES = frozenset(dir(builtins))
+# IPython adds these to builtins while a cell runs; a worker has none of them.
+BUILTIN_NAMES = frozenset(vars(builtins)) - {"get_ipython", "display", "__IPYTHON__"}
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ class CellOutput:
         self.streams: dict[str, TextIO] = {"stdout": sys.stdout, "stderr": sys.stderr}
         self._next_seq = [0] * parts
         self._held: list[dict[int, dict]] = [{} for _ in range(parts)]
+        self._attempt: list[str | None] = [None] * parts
+        self._part_done = [False] * parts
         self._ready: list[dict] = []
         self._finished = 0
         self._cond = threading.Condition()
@@ -70,12 +72,21 @@ class CellOutput:
         if not 0 <= part < self.parts:
             return
         with self._cond:
+            if message.get("attempt") != self._attempt[part]:
+                # First message of a (re)tried run: its sequence starts again.
+                self._attempt[part] = message.get("attempt")
+                self._next_seq[part] = 0
+                self._held[part] = {}
+                if self._part_done[part]:
+                    self._part_done[part] = False
+                    self._finished -= 1
             held = self._held[part]
             held[message["seq"]] = message
             while self._next_seq[part] in held:  # events may not overtake each other
                 ready = held.pop(self._next_seq[part])
                 self._next_seq[part] += 1
                 if ready.get("final"):
+                    self._part_done[part] = True
                     self._finished += 1
                 else:
                     self._ready.append(ready)

@@ -46,7 +46,7 @@ def _names(text: str) -> tuple[str, ...]:
 class DistributeMagics(Magics):
     """The ``%%distribute`` cell magic and ``%distribute`` line magic."""
 
-    @magic_arguments()
+    @magic_arguments(name="%distribute")  # shown as %%distribute
     @argument(
         "--async",
         dest="run_async",
@@ -82,8 +82,8 @@ class DistributeMagics(Magics):
     @argument("--scheduler", metavar="ADDRESS", help="Run this cell on the scheduler at ADDRESS.")
     @argument(
         "--map",
-        nargs=argparse.REMAINDER,
-        metavar="NAME in EXPR",
+        nargs=3,  # documentation only: _parse reads the raw text, EXPR may hold spaces
+        metavar=("NAME", "in", "EXPR"),
         help=(
             "Sweep (put it last): run the cell once per element of EXPR, in parallel, with "
             "NAME bound to it; every name the cell assigns becomes a list in input order."
@@ -121,7 +121,7 @@ class DistributeMagics(Magics):
         try:
             args = parse_argstring(self.distribute, parts[0])
         except UsageError as exc:
-            raise UsageError(f"{exc}\n\n{self.distribute.__doc__.splitlines()[0]}\n{_usage()}")
+            raise UsageError(f"{exc}\n{_usage()}") from None
         if args.retries < 0:
             raise UsageError(f"--retries must be 0 or more, not {args.retries}\n{_usage()}")
         if args.timeout is not None and args.timeout <= 0:
