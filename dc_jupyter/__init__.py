@@ -43,3 +43,21 @@ __all__ = [
     "current_client",
     "start_local",
 ]
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext dc_jupyter``: add ``%%distribute``/``%distribute`` and ``compute_this``."""
+    from .magics import DistributeMagics  # imported here so `import dc_jupyter` stays cheap
+
+    ipython.register_magics(DistributeMagics)
+    ipython.push({"compute_this": compute_this})
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext dc_jupyter``: remove what ``load_ipython_extension`` added."""
+    magics = ipython.magics_manager.magics
+    magics["cell"].pop("distribute", None)
+    magics["line"].pop("distribute", None)
+    ipython.magics_manager.registry.pop("DistributeMagics", None)
+    if ipython.user_ns.get("compute_this") is compute_this:
+        ipython.drop_by_id({"compute_this": compute_this})
