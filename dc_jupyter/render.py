@@ -147,14 +147,16 @@ def job_html(s: JobState) -> str:
         f"{html.escape(s.headline())}</span>",
         f"<span class='dcj-elapsed'>{duration(s.elapsed)}</span>",
     ]
+    if s.detail:
+        parts.append(
+            f"<code class='dcj-detail' style='color:{colour}'>{html.escape(s.detail)}</code>"
+        )
     if s.dashboard:
         parts.append(
             f"<a href='{html.escape(s.dashboard, quote=True)}' target='_blank' "
             "style='color:#0d6efd'>dashboard</a>"
         )
     line = " · ".join(parts)
-    if s.detail:
-        line += f" <code class='dcj-detail' style='color:{colour}'>{html.escape(s.detail)}</code>"
     return (
         f"<div class='dcj-job' data-state='{s.state}' "
         f"style='border-left:4px solid {colour};padding:2px 8px;font-family:sans-serif;"
@@ -211,8 +213,9 @@ class MapState:
 
     @property
     def rate(self) -> float | None:
-        """Items ended per second so far."""
-        return self.ended / self.elapsed if self.elapsed > 0 and self.ended else None
+        """Items computed (done or failed, not cancelled) per second so far."""
+        computed = self.done + self.failed
+        return computed / self.elapsed if self.elapsed > 0 and computed else None
 
     @property
     def time_left(self) -> float | None:
@@ -249,7 +252,7 @@ def map_counts(s: MapState) -> str:
         parts.append(f"cancelled {s.cancelled}")
     if s.rate:
         parts.append(f"{s.rate:,.1f}/s")
-    if s.time_left is not None:
+    if s.time_left is not None and not s.cancelled:
         parts.append(f"{duration(s.time_left)} left")
     parts.append(("in " if s.finished else "") + duration(s.elapsed))
     return " · ".join(parts)

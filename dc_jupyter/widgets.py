@@ -61,7 +61,9 @@ class LiveView:
             button_style="warning",
             icon="stop",
             tooltip=f"cancel the remote work of {self.label}",
-            layout=w.Layout(width="auto", display=None if cancellable else _HIDDEN),
+            layout=w.Layout(
+                width="auto", flex="0 0 auto", display=None if cancellable else _HIDDEN
+            ),
         )
         self.cancel_button.on_click(self._cancel)
         self.state = self.read(fetch=False)
@@ -165,9 +167,11 @@ class MapView(LiveView):
 
     def build(self) -> list[w.Widget]:
         total = max(self.state.total, 1)
-        self.title = w.HTML()
-        self.bar = w.IntProgress(min=0, max=total, value=0, layout=w.Layout(width="40%"))
-        self.counts = w.HTML()
+        self.title = w.HTML(layout=w.Layout(flex="0 0 auto", margin="0 8px 0 0"))
+        self.bar = w.IntProgress(
+            min=0, max=total, value=0, layout=w.Layout(flex="1 1 auto", max_width="360px")
+        )
+        self.counts = w.HTML(layout=w.Layout(flex="0 0 auto", margin="0 8px"))
         self.workers = w.HTML(layout=w.Layout(display=_HIDDEN))
         return [
             w.HBox([self.title, self.bar, self.counts, self.cancel_button]),
