@@ -154,6 +154,12 @@ class JobFuture:
     def __repr__(self) -> str:
         return f"<JobFuture {self.name} status={self.status}>"
 
+    def _ipython_display_(self) -> None:
+        """Displayed in a notebook: the live widget, with a cancel button."""
+        from .display import show
+
+        show(self)
+
 
 def format_exception_summary(exc: BaseException) -> str:
     """The one-line summary of an exception, as the last line of a traceback shows it."""

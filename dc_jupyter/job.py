@@ -109,6 +109,14 @@ class Job:
         ]
         return f"<Job {self.name}({', '.join(shown)}) not sent>"
 
+    def _repr_html_(self) -> str:
+        from .render import lazy_job_html
+
+        shown = [_short(a) for a in self.args] + [
+            f"{k}={_short(v)}" for k, v in self.kwargs.items()
+        ]
+        return lazy_job_html(self.name, ", ".join(shown))
+
 
 def wait_or_cancel(handle: Any, timeout: float | None) -> Any:
     """Wait for ``handle``; on timeout, cancel the remote work and raise ``TimeoutError``."""

@@ -169,6 +169,12 @@ class MapFuture:
     def __repr__(self) -> str:
         return f"<MapFuture {self.name} {self.counts()}>"
 
+    def _ipython_display_(self) -> None:
+        """Displayed in a notebook: the live progress widget, with a cancel button."""
+        from .display import show
+
+        show(self)
+
 
 def _note(future: JobFuture, index: int, name: str) -> None:
     exc = future.exception()

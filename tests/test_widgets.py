@@ -1,0 +1,339 @@
+"""Live widgets: saved state in a real kernel, text fallbacks, traffic, tqdm on a TTY."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import nbformat
+import pytest
+from conftest import wait_until
+from nbclient import NotebookClient
+
+import dc_jupyter
+from dc_jupyter import compute_this, monitor
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+SETUP = """
+import time
+from dc_jupyter import compute_this
+
+@compute_this
+def square(x):
+    time.sleep(0.05)
+    return x * x
+
+@compute_this
+def boom(x):
+    raise ValueError(f"bad input {x}")
+"""
+
+CELLS = {
+    "job": "square(4).compute()",
+    "map": "len(square.map(range(12)).compute())",
+    "failed": "try:\n    boom(1).compute()\nexcept ValueError:\n    pass",
+    "done handle": "fut = square(5).submit()\nfut.result()\nfut",
+    "live map handle": "mf = square.map(range(6)).submit()\nmf",
+    # The monitor draws a displayed handle's final state within 0.1 s of the end;
+    # wait here so it is sent before the notebook is saved (TESTING.md).
+    "wait": "mf.result()\ntime.sleep(0.6)",
+}
+
+
+def run_notebook(tmp_path, cells: list[str], env: dict) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    path = tmp_path / "widgets.ipynb"
+    nbformat.write(nb, path)
+    client = NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        store_widget_state=True,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute(env={**os.environ, **env})
+    nbformat.write(nb, path)
+    return nb
+
+
+def descendants(state: dict, model_id: str) -> list[dict]:
+    """The saved states of a widget and of every widget inside it."""
+    model = state[model_id]
+    found = [model]
+    for child in model["state"].get("children", []):
+        found += descendants(state, child.removeprefix("IPY_MODEL_"))
+    return found
+
+
+def widget_of(cell, state: dict) -> list[dict]:
+    views = [o for o in cell.outputs if WIDGET_VIEW in o.get("data", {})]
+    assert len(views) == 1, f"expected one widget in {cell.source!r}, got {cell.outputs}"
+    return descendants(state, views[0]["data"][WIDGET_VIEW]["model_id"])
+
+
+def values(models: list[dict], name: str, trait: str) -> list:
+    return [m["state"].get(trait) for m in models if m["model_name"] == name]
+
+
+def fallback(cell) -> dict:
+    (out,) = [o for o in cell.outputs if WIDGET_VIEW in o.get("data", {})]
+    return out["data"]
+
+
+def test_notebook_keeps_final_widget_state_and_fallbacks(tmp_path, cluster):
+    nb = run_notebook(
+        tmp_path, [SETUP, *CELLS.values()], {"DASK_SCHEDULER_ADDRESS": cluster.address}
+    )
+    cells = dict(zip(CELLS, nb.cells[1:], strict=True))
+    errors = [o for c in nb.cells for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors
+    state = nb.metadata.widgets[WIDGET_STATE]["state"]
+
+    job = widget_of(cells["job"], state)
+    (line,) = [v for v in values(job, "HTMLModel", "value") if "dcj-job" in v]
+    assert "data-state='finished'" in line and "→ 16" in line
+    assert "dashboard" in line  # link to the Dask dashboard of the cluster
+    assert fallback(cells["job"])["text/plain"].startswith("square: finished")
+    assert "→ 16" in fallback(cells["job"])["text/html"]
+
+    mapped = widget_of(cells["map"], state)
+    (bar,) = [m["state"] for m in mapped if m["model_name"] == "IntProgressModel"]
+    assert (bar["value"], bar["max"], bar["bar_style"]) == (12, 12, "success")
+    assert any("12/12 done" in v for v in values(mapped, "HTMLModel", "value"))
+    # Compact final state: no cancel button on a blocking map.
+    assert fallback(cells["map"])["text/plain"].startswith("square.map: finished, 12/12 done")
+    assert "width:100.0%" in fallback(cells["map"])["text/html"]
+
+    failed = widget_of(cells["failed"], state)
+    (line,) = [v for v in values(failed, "HTMLModel", "value") if "dcj-job" in v]
+    assert "data-state='failed'" in line and "ValueError: bad input 1" in line
+    assert "#dc3545" in line  # red
+    assert "ValueError: bad input 1" in fallback(cells["failed"])["text/plain"]
+
+    handle = widget_of(cells["done handle"], state)
+    assert any("→ 25" in v for v in values(handle, "HTMLModel", "value"))
+
+    live = widget_of(cells["live map handle"], state)
+    (bar,) = [m["state"] for m in live if m["model_name"] == "IntProgressModel"]
+    assert (bar["value"], bar["max"]) == (6, 6)
+    (button,) = [m for m in live if m["model_name"] == "ButtonModel"]
+    layout = state[button["state"]["layout"].removeprefix("IPY_MODEL_")]["state"]
+    assert layout.get("display") == "none"  # the cancel button goes once done
+    assert fallback(cells["live map handle"])["text/plain"].startswith("square.map: finished")
+
+
+# -- in this process: traffic, threads, fallbacks ----------------------------------
+
+
+@pytest.fixture
+def comm_messages(monkeypatch):
+    """Count the comm messages widgets send.
+
+    There is no front end in this process, so ipywidgets' comm is the ``comm``
+    package's DummyComm (what it uses outside a kernel) plus a counter.
+    """
+    import comm
+
+    sent: list[dict] = []
+
+    class CountingComm(comm.DummyComm):
+        def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+            sent.append({"type": msg_type, "data": data})
+
+    monkeypatch.setattr(comm, "create_comm", lambda **kw: CountingComm(**kw))
+    return sent
+
+
+def updates(sent: list[dict]) -> int:
+    return sum(1 for m in sent if m["type"] == "comm_msg" and m["data"]["method"] == "update")
+
+
+def watched_map(items: int, delay: float, sent: list[dict]) -> tuple[int, float]:
+    """Map ``items`` on two threads, watch it with the widget; (updates, seconds watched)."""
+    from dc_jupyter import widgets
+
+    with ThreadPoolExecutor(2) as pool:
+
+        @compute_this(backend=pool)
+        def nap(x):
+            if delay:
+                time.sleep(delay)
+            return x
+
+        handle = nap.map(range(items)).submit()
+        before = updates(sent)
+        started = time.monotonic()
+        view = widgets.watch(handle)
+        handle.result(timeout=120)
+        view.close()
+        seconds = time.monotonic() - started
+    assert view.bar.value == items and view.state.finished
+    return updates(sent) - before, seconds
+
+
+#: Widget values a map view can change in one refresh (title, bar, style, counts, workers).
+PER_REFRESH = 6
+
+
+def test_widget_traffic_grows_with_time_not_items(comm_messages, no_thread_leak, capsys):
+    small, small_s = watched_map(10, 0.15, comm_messages)  # ~0.8 s on two threads
+    large, large_s = watched_map(200_000, 0.0, comm_messages)
+    print(f"10 items: {small} updates in {small_s:.2f} s; 200,000: {large} in {large_s:.2f} s")
+    for count, seconds in ((small, small_s), (large, large_s)):
+        # at most ~10 refreshes a second, plus the first and the final one
+        assert count <= PER_REFRESH * (seconds / monitor.INTERVAL + 3), (count, seconds)
+    assert small >= 4  # it did move while waiting
+    assert large < 20_000 / 10  # nowhere near one per item
+
+
+def test_job_view_turns_red_and_stops_its_thread(no_thread_leak, comm_messages):
+    from dc_jupyter import widgets
+
+    @compute_this(backend=ThreadPoolExecutor(1))
+    def fail(x):
+        time.sleep(0.3)
+        raise KeyError(x)
+
+    handle = fail("k").submit()
+    view = widgets.show(handle)  # a displayed handle: refreshed by the monitor alone
+    assert view.state.state in ("queued", "running")
+    assert view.cancel_button.layout.display != "none"
+    assert wait_until(lambda: view.finished, timeout=10)
+    assert view.state.state == "failed" and view.state.detail == "KeyError: 'k'"
+    assert "#dc3545" in view.line.value
+    assert view.cancel_button.layout.display == "none"
+
+
+def test_cancel_button_cancels_the_remote_task(cluster, client, no_thread_leak, comm_messages):
+    from dc_jupyter import widgets
+
+    dc_jupyter.connect(cluster.address)
+
+    @compute_this
+    def sleepy(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    handle = sleepy(60).submit()
+    view = widgets.show(handle)
+    assert wait_until(lambda: view.state.state == "running", timeout=10)
+    assert view.state.worker in client.scheduler_info()["workers"]  # running on which worker
+    view.cancel_button.click()  # what a click in the browser runs in the kernel
+    assert wait_until(lambda: view.finished, timeout=10)
+    assert view.state.state == "cancelled"
+    assert wait_until(
+        lambda: (
+            not any(str(k).startswith("sleepy-") for w in client.processing().values() for k in w)
+        ),
+        timeout=10,
+    ), "the task still runs on the cluster"
+
+
+def test_terminal_ipython_shows_text_not_widgets(no_thread_leak):
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    shell = InteractiveShell.instance()
+    shell.user_ns["compute_this"] = compute_this
+    with capture_output() as captured:
+        result = shell.run_cell(
+            "@compute_this(backend='local')\ndef double(x):\n    return 2 * x\n"
+            "print(double(21).compute())\nfut = double(4).submit()\nfut"
+        )
+    assert result.error_in_exec is None
+    assert "42" in captured.stdout
+    (shown,) = [o.data for o in captured.outputs]  # what the terminal prints as text/plain
+    assert "application/vnd.jupyter.widget-view+json" not in shown
+    assert shown["text/plain"] == "double: finished, 0.0 s → 8"
+    with capture_output() as captured:
+        shell.run_cell("double(3)")
+    assert "<Job double(3) not sent>" in captured.stdout  # showing a lazy job sends nothing
+
+
+def test_lazy_job_card_says_not_sent():
+    @compute_this(backend="local")
+    def add(a, b=0):
+        return a + b
+
+    card = add(1, b="x" * 100)._repr_html_()
+    assert "<b>add</b>" in card and "not sent" in card and "..." in card
+
+
+# -- scripts: tqdm on a TTY, nothing otherwise ---------------------------------------
+
+SCRIPT = textwrap.dedent(
+    """
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from dc_jupyter import compute_this
+
+    @compute_this(backend=ThreadPoolExecutor(2))
+    def slow(x):
+        time.sleep(0.03)
+        return x
+
+    print("results", len(slow.map(range(40)).compute()), flush=True)
+    print("job", slow(1).compute(), flush=True)
+    """
+)
+
+
+def test_script_map_draws_tqdm_bar_on_a_tty_only():
+    env = {**os.environ, "COLUMNS": "100"}
+    # not a TTY: nothing on stderr
+    plain = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert "results 40" in plain.stdout and plain.stderr == ""
+
+    # stderr on a pseudo-terminal: tqdm draws the bar there, stdout stays clean
+    leader, follower = pty.openpty()
+    # a new pseudo-terminal is 0 columns wide; give it a real terminal's size
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SCRIPT],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            env=env,
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        stdout = proc.communicate(timeout=60)[0].decode()
+    finally:
+        os.close(leader)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "results 40" in stdout and "job 1" in stdout
+    assert "slow: 100%" in terminal and "40/40" in terminal, terminal
+    assert terminal.count("100%") == 1  # one bar, for the map only
+
+
+def test_fallback_shows_per_worker_allocation_and_is_empty_safe():
+    from dc_jupyter import render
+
+    state = render.MapState(name="m", total=3, done=3, per_worker={})
+    assert "3/3 done" in render.map_text(state) and "width:100.0%" in render.map_html(state)
+    assert "per worker" not in render.map_text(state)  # empty allocation: no line
+    state.per_worker = {"tcp://10.0.0.5:1": 2, "tcp://10.0.0.6:1": 1}
+    assert "per worker: 10.0.0.5:1 ×2, 10.0.0.6:1 ×1" in render.map_text(state)
