@@ -173,6 +173,11 @@ class MapFuture:
     def total(self) -> int:
         return len(self._items)
 
+    @property
+    def tasks_sent(self) -> int:
+        """How many tasks (batches) the items went out in so far."""
+        return self._batches
+
     def _plan(self) -> tuple[int, int, int] | None:
         """Under the lock: the next batch to send, or None (enough in flight / none left)."""
         if self._stopped or len(self._in_flight) >= self._max_in_flight:

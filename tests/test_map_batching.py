@@ -26,7 +26,7 @@ def test_many_tiny_items_are_batched_and_come_back_in_order(cluster):
     progress = handle.progress()
     assert (progress.total, progress.done, progress.failed) == (20_000, 20_000, 0)
     # Grouped: far fewer tasks than items; counted per item on each worker.
-    assert handle._batches < 200
+    assert handle.tasks_sent < 200
     assert sum(progress.per_worker.values()) == 20_000
     assert all(addr.startswith("tcp://127.0.0.1:") for addr in progress.per_worker)
 
@@ -41,7 +41,7 @@ def test_slow_items_are_not_grouped_and_spread_over_workers(cluster):
     results = handle.result(timeout=60)
     assert [i for i, _ in results] == list(range(12))
     assert len({pid for _, pid in results}) == 2  # both workers took items
-    assert handle._batches >= 10  # ~one item per task, not bundled
+    assert handle.tasks_sent >= 10  # ~one item per task, not bundled
 
 
 def test_generators_and_several_iterables_and_uneven_lengths(cluster):
