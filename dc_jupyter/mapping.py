@@ -150,7 +150,7 @@ class MapFuture:
             max_bytes=_channel_threshold(channel),
             bytes_per_item=bytes_per_item,
         )
-        self._max_in_flight = self._slots * int(config.get("map.tasks-per-thread", 2))
+        self._max_in_flight = self._slots * int(config.get("map.tasks-per-thread", 3))
         self._token = uuid.uuid4().hex[:12]
         self._results: list[Any] = [None] * len(items)
         self._errors: dict[int, BaseException] = {}
