@@ -7,7 +7,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import Future as ConcurrentFuture
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +164,7 @@ class MapFuture:
         self._per_worker: dict[str, int] = {}
         self._busy: dict[str, float] = {}
         self._pumping = self._pump_again = self._stopped = False
+        self._collector: ThreadPoolExecutor | None = None
         if not items:
             self._finish()
         else:
@@ -224,6 +226,24 @@ class MapFuture:
         future.add_done_callback(lambda f: self._on_batch_done(batch, f))
 
     def _on_batch_done(self, batch: int, future: Any) -> None:
+        if isinstance(future, ConcurrentFuture):
+            self._collect(batch, future)  # the result is already here
+            return
+        # A Dask result is fetched with a round trip to its worker. Dask runs
+        # every done-callback on ONE thread, so fetching there would serialize
+        # the round trips (measured: ~200 ms late with 8 workers); fetch in parallel.
+        with self._lock:
+            if self._collector is None:
+                self._collector = ThreadPoolExecutor(
+                    min(8, self._max_in_flight), thread_name_prefix="dc_jupyter-map-collect"
+                )
+            collector = self._collector
+        try:
+            collector.submit(self._collect, batch, future)
+        except RuntimeError:  # shut down meanwhile: the map is over
+            pass
+
+    def _collect(self, batch: int, future: Any) -> None:
         try:
             if future.cancelled():
                 self._settle(batch, cancelled=True)
@@ -267,6 +287,9 @@ class MapFuture:
         channel, self._channel = self._channel, None
         if channel is not None:
             channel.close()
+        collector, self._collector = self._collector, None
+        if collector is not None:
+            collector.shutdown(wait=False)  # its threads end after their last fetch
 
     # -- asking --------------------------------------------------------------
     def progress(self) -> MapProgress:
