@@ -50,7 +50,7 @@ def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any)
             if config.get("check-versions", True):
                 # ensure_compatible() raises a clearer error for the same finding.
                 warnings.simplefilter("ignore", VersionMismatchWarning)
-            return Client(target, timeout=f"{seconds}s", set_as_default=False, **kwargs)
+            client = Client(target, timeout=f"{seconds}s", set_as_default=False, **kwargs)
     except (OSError, TimeoutError) as exc:
         where = target if isinstance(target, str) else kwargs.get("scheduler_file", target)
         raise SchedulerUnreachableError(
@@ -59,6 +59,22 @@ def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any)
             "that the address is right; set dc_jupyter.connect-timeout to wait longer, or "
             "unset DASK_SCHEDULER_ADDRESS to use the embedded local cluster."
         ) from exc
+    return tune_for_interactive_use(client)
+
+
+def tune_for_interactive_use(client: Any) -> Any:
+    """Shorten how long ``client`` holds messages before sending them to the scheduler.
+
+    Dask's client batches its messages for 10 ms (a fixed ``BatchedSend``
+    interval in ``Client._ensure_connected``), which is most of a round trip.
+    Applied only to clients dc_jupyter opens itself; a reconnect restores
+    Dask's default.
+    """
+    comm = getattr(client, "scheduler_comm", None)
+    interval = config.seconds(config.get("client-batch-interval", "1ms"), "client-batch-interval")
+    if comm is not None and interval is not None and hasattr(comm, "interval"):
+        comm.interval = interval
+    return client
 
 
 def _usable(client: Any) -> bool:
@@ -171,7 +187,8 @@ def _client_for_cluster(cluster: Any) -> Any:
         if not _usable(client):
             from distributed import Client
 
-            client = _by_address[address] = Client(cluster, set_as_default=False)
+            client = Client(cluster, set_as_default=False)
+            _by_address[address] = tune_for_interactive_use(client)
         return client
 
 
@@ -190,7 +207,7 @@ def _embedded_client(n_workers: int | None) -> Any:
         dashboard_address=config.get("local.dashboard-address", "127.0.0.1:0"),
         silence_logs=logging.ERROR,
     )
-    _local_client = Client(_local_cluster, set_as_default=False)
+    _local_client = tune_for_interactive_use(Client(_local_cluster, set_as_default=False))
     return _local_client
 
 

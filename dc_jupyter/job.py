@@ -43,6 +43,18 @@ def _replace_jobs(obj: Any, deps: list[Job]) -> tuple[Any, bool]:
     return obj, False
 
 
+def _set_aside_if_large(value: Any, deps: list[Any], limit: int) -> tuple[Any, bool]:
+    """Swap a value larger than ``limit`` bytes for a placeholder to scatter."""
+    if type(value) in (int, float, bool, type(None)):
+        return value, False
+    from dask.sizeof import sizeof
+
+    if sizeof(value) <= limit:
+        return value, False
+    deps.append(_worker.Scattered(value))
+    return _worker.Dep(len(deps) - 1), True
+
+
 class Job:
     """One lazy call of a ``@compute_this`` function; nothing is sent until asked."""
 
@@ -57,22 +69,28 @@ class Job:
     def name(self) -> str:
         return self.function.__name__
 
-    def prepare(self) -> tuple[bytes, list[Job]]:
+    def prepare(self, scatter_above: int | None = None) -> tuple[bytes, list[Any]]:
         """Pickle the call with dependencies swapped for placeholders.
 
         Returns the payload for ``_worker.run_job`` and the dependency jobs, whose
-        result blobs must be passed to it in that order.
+        result blobs must be passed to it in that order. With ``scatter_above``
+        (bytes), arguments larger than that become ``_worker.Scattered`` entries
+        of the same list, for the backend to send outside the task graph.
         """
-        deps: list[Job] = []
+        deps: list[Any] = []
         args = list(self.args)
         kwargs = dict(self.kwargs)
         slots: list[int | str] = []
         for i, value in enumerate(args):
             args[i], hit = _replace_jobs(value, deps)
+            if not hit and scatter_above is not None:
+                args[i], hit = _set_aside_if_large(value, deps, scatter_above)
             if hit:
                 slots.append(i)
         for key, value in kwargs.items():
             kwargs[key], hit = _replace_jobs(value, deps)
+            if not hit and scatter_above is not None:
+                kwargs[key], hit = _set_aside_if_large(value, deps, scatter_above)
             if hit:
                 slots.append(key)
         payload = serialize.dumps_call(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from .. import _worker
 
 if TYPE_CHECKING:
     from ..handle import JobFuture
@@ -31,3 +34,35 @@ class Backend(ABC):
     def describe(self) -> str:
         """One line saying where work goes, for ``%distribute`` and widgets."""
         return self.name
+
+    # -- maps: batches of items (see mapping.MapFuture) ----------------------
+    def slots(self) -> int:
+        """How many batches can run at the same time (worker threads)."""
+        return 1
+
+    def open_map(self, function_blob: bytes, options: Any) -> BatchChannel:
+        """A channel for one map's batches; the function was pickled once, here."""
+        return BatchChannel(function_blob)
+
+
+class BatchChannel:
+    """Sends the batches of one map. This default runs each batch here, at once.
+
+    ``send`` returns a future (``concurrent.futures`` or Dask) whose result is
+    the blob of ``_worker.run_batch``; ``close`` releases what the map shared.
+    """
+
+    def __init__(self, function_blob: bytes) -> None:
+        self.function_blob = function_blob
+
+    def send(self, items_blob: bytes, key: str) -> Any:
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(_worker.run_batch(self.function_blob, items_blob))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def close(self) -> None:
+        pass

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from concurrent.futures import Executor, Future
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import _worker
 from ..handle import JobFuture
-from .base import Backend
+from .base import Backend, BatchChannel
 
 if TYPE_CHECKING:
     from ..job import Job
@@ -43,6 +43,21 @@ class ExecutorBackend(Backend):
 
     def describe(self) -> str:
         return f"executor {type(self.executor).__name__}"
+
+    def slots(self) -> int:
+        return getattr(self.executor, "_max_workers", None) or 1
+
+    def open_map(self, function_blob: bytes, options: Any) -> BatchChannel:
+        return _ExecutorBatches(self.executor, function_blob)
+
+
+class _ExecutorBatches(BatchChannel):
+    def __init__(self, executor: Executor, function_blob: bytes) -> None:
+        super().__init__(function_blob)
+        self.executor = executor
+
+    def send(self, items_blob: bytes, key: str) -> Future:
+        return self.executor.submit(_worker.run_batch, self.function_blob, items_blob)
 
 
 def _chain(deps: list[Future], start) -> Future:

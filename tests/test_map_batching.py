@@ -1,0 +1,166 @@
+"""func.map in batches, and large arguments scattered: on real `dask worker` processes."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import dask
+import numpy as np
+import pytest
+from conftest import scheduler_task_count, wait_until
+
+from dc_jupyter import SerializationError, compute_this
+
+
+def test_many_tiny_items_are_batched_and_come_back_in_order(cluster):
+    @compute_this(address=cluster.address)
+    def inc(x):
+        return x + 1
+
+    handle = inc.map(range(20_000)).submit()
+    assert handle.result(timeout=60) == list(range(1, 20_001))
+    progress = handle.progress()
+    assert (progress.total, progress.done, progress.failed) == (20_000, 20_000, 0)
+    # Grouped: far fewer tasks than items; counted per item on each worker.
+    assert handle.tasks_sent < 200
+    assert sum(progress.per_worker.values()) == 20_000
+    assert all(addr.startswith("tcp://127.0.0.1:") for addr in progress.per_worker)
+
+
+def test_slow_items_are_not_grouped_and_spread_over_workers(cluster):
+    @compute_this(address=cluster.address)
+    def slow(i):
+        time.sleep(0.05)
+        return i, os.getpid()
+
+    handle = slow.map(range(12)).submit()
+    results = handle.result(timeout=60)
+    assert [i for i, _ in results] == list(range(12))
+    assert len({pid for _, pid in results}) == 2  # both workers took items
+    assert handle.tasks_sent >= 10  # ~one item per task, not bundled
+
+
+def test_generators_and_several_iterables_and_uneven_lengths(cluster):
+    @compute_this(address=cluster.address)
+    def combine(a, b, c):
+        return f"{a}{b}{c}"
+
+    letters = (ch for ch in "abcdef")  # a generator, consumed once
+    result = combine.map(letters, range(4), ["x"] * 10).compute()
+    assert result == list(map(lambda a, b, c: f"{a}{b}{c}", "abcdef", range(4), ["x"] * 10))
+    assert combine.map([], [], []).compute() == []
+    assert combine.map(iter(()), "ab", "cd").submit().done()
+
+
+def test_failed_items_name_their_index_and_the_rest_are_kept(cluster, client):
+    @compute_this(address=cluster.address)
+    def inverse(x):
+        return 1 / x
+
+    items = [1, 2, 0, 4, 0, 5]
+    with pytest.raises(ZeroDivisionError) as info:
+        inverse.map(items).compute()
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert "item 2 of inverse.map" in notes and "errors='return'" in notes
+    # The remote traceback reaches the user's own line.
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert any(f.name == "inverse" and "1 / x" in (f.line or "") for f in frames)
+
+    results = inverse.map(items).compute(errors="return")
+    assert results[0] == 1.0 and results[1] == 0.5 and results[3] == 0.25 and results[5] == 0.2
+    assert isinstance(results[2], ZeroDivisionError) and isinstance(results[4], ZeroDivisionError)
+
+    handle = inverse.map(items).submit()
+    with pytest.raises(ZeroDivisionError):
+        handle.result(timeout=30)
+    assert sorted(handle.exceptions()) == [2, 4]
+    progress = handle.progress()
+    assert (progress.done, progress.failed) == (4, 2)
+
+
+def test_an_unpicklable_result_fails_only_its_item(cluster):
+    import threading
+
+    @compute_this(address=cluster.address)
+    def maybe_lock(i):
+        return threading.Lock() if i == 1 else i
+
+    results = maybe_lock.map(range(3)).compute(errors="return")
+    assert results[0] == 0 and results[2] == 2
+    assert isinstance(results[1], TypeError) and "_thread.lock" in str(results[1])
+
+
+def test_cancel_stops_a_map_and_leaves_nothing_on_the_cluster(cluster, client):
+    @compute_this(address=cluster.address)
+    def nap(i):
+        time.sleep(0.2)
+        return i
+
+    before = scheduler_task_count(client)
+    handle = nap.map(range(100)).submit()
+    assert wait_until(lambda: handle.progress().done >= 2, timeout=20)
+    assert handle.cancel()
+    with pytest.raises(Exception):  # noqa: B017 - CancelledError, by whichever route
+        handle.result(timeout=20)
+    progress = handle.progress()
+    assert progress.cancelled > 0 and progress.done < 100
+    assert progress.done + progress.failed + progress.cancelled == 100
+    assert handle.status == "cancelled"
+    assert wait_until(lambda: scheduler_task_count(client) <= before, timeout=10)
+
+
+def test_bad_items_are_named_before_anything_is_sent(cluster, client):
+    import threading
+
+    @compute_this(address=cluster.address)
+    def one(x):
+        return x
+
+    before = scheduler_task_count(client)
+    items = list(range(5000))
+    items[3210] = threading.Lock()
+    with pytest.raises(SerializationError, match=r"item 3210: argument 1 is a _thread.lock"):
+        one.map(items).submit()
+    assert scheduler_task_count(client) == before
+
+
+@pytest.mark.parametrize("kind", ["local", "threads"])
+def test_map_on_other_backends(kind):
+    pool = ThreadPoolExecutor(2) if kind == "threads" else None
+    backend = pool if pool is not None else "local"
+
+    @compute_this(backend=backend)
+    def half(x):
+        return 10 // x
+
+    try:
+        assert half.map(range(1, 2001)).compute() == [10 // x for x in range(1, 2001)]
+        results = half.map([1, 0, 5]).compute(errors="return")
+        assert results[0] == 10 and results[2] == 2 and isinstance(results[1], ZeroDivisionError)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def test_large_arguments_are_scattered_without_the_large_graph_warning(cluster, client):
+    @compute_this(address=cluster.address)
+    def total(array, scale=1):
+        return float(array.sum()) * scale
+
+    big = np.ones(2_000_000)  # 16 MB, above the 1 MB default threshold
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert total(big, scale=2).compute() == 4_000_000.0
+        assert total(array=big).compute() == 2_000_000.0
+        assert total.map([big, big[:10]], [1, 3]).compute() == [2_000_000.0, 30.0]
+    messages = [str(w.message) for w in caught]
+    assert not any("large graph" in m for m in messages), messages
+
+    # Below the threshold it rides inside the task; forcing a tiny threshold scatters it.
+    with dask.config.set({"dc_jupyter.scatter-threshold": "1 kB"}):
+        small = np.arange(1000.0)
+        assert total(small).compute() == float(small.sum())
