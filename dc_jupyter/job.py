@@ -99,7 +99,7 @@ class Job:
             kwargs,
             tuple(slots),
             name=self.name,
-            labelled=labelled_arguments(self._bound, self.function.__wrapped__),
+            labelled=lambda: labelled_arguments(self._bound, self.function.__wrapped__),
         )
         return payload, deps
 

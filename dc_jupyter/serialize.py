@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import types
 from collections import ChainMap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cloudpickle
@@ -68,17 +68,18 @@ def dumps_call(
     slots: tuple = (),
     *,
     name: str,
-    labelled: Iterable[tuple[str, Any]] = (),
+    labelled: Callable[[], Iterable[tuple[str, Any]]] = tuple,
 ) -> bytes:
     """Pickle a call for ``_worker.run_job``.
 
-    ``labelled`` yields ``(label, value)`` for the call's arguments; it is only
-    walked when pickling fails, to name the culprit.
+    ``labelled()`` returns ``(label, value)`` pairs for the call's arguments; it
+    is only called when pickling fails, to name the culprit (the hot path stays
+    free of signature inspection).
     """
     try:
         return dumps((func, args, kwargs, slots))
     except Exception as exc:
-        culprit = find_unpicklable([(f"the function {name}", func), *labelled])
+        culprit = find_unpicklable([(f"the function {name}", func), *labelled()])
         if culprit is None:
             raise SerializationError(
                 f"Cannot pickle the call to {name}(): {type(exc).__name__}: {exc}"
