@@ -44,6 +44,12 @@ class JobOptions:
                     "(e.g. resources={'GPU': 1})"
                 )
         object.__setattr__(self, "timeout", config.seconds(self.timeout, "timeout"))
+        if self.client is not None and not callable(getattr(self.client, "submit", None)):
+            raise TypeError(f"client= takes a distributed.Client, not {self.client!r}")
+        if self.cluster is not None and not getattr(self.cluster, "scheduler_address", None):
+            raise TypeError(
+                f"cluster= takes a Dask cluster object (e.g. LocalCluster), not {self.cluster!r}"
+            )
         if self.address is not None and not isinstance(self.address, str):
             raise TypeError(
                 f"address must be a string like 'tcp://host:8786', not {self.address!r}"

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import serialize
+from .backend_errors import translate_backend_error
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +61,17 @@ class JobFuture:
         key: str | None = None,
         keep: tuple = (),
         on_cancel: Callable[[], None] | None = None,
+        canceller: Callable[[list[JobFuture]], None] | None = None,
     ) -> None:
         self._inner = inner
         self.name = name
         self.key = key
         self._keep = keep
         self._on_cancel = on_cancel
+        # Cancels a batch of handles of one backend in one go and stops their
+        # running code (``backends.dask_backend.DaskCanceller``); None: the
+        # inner future's own cancel().
+        self._canceller = canceller
         self._value: Any = _NOT_YET
         self._lock = threading.Lock()
         self.submitted_at = time.monotonic()
@@ -110,6 +116,9 @@ class JobFuture:
         except TimeoutError:
             raise
         except Exception as exc:
+            clearer = translate_backend_error(exc, self)
+            if clearer is not None:
+                raise clearer from exc
             raise _strip_plumbing(exc) from exc.__cause__
         with self._lock:
             if self._value is _NOT_YET:
@@ -129,16 +138,12 @@ class JobFuture:
         return None
 
     def cancel(self) -> bool:
-        """Cancel the job (queued or running) on the cluster; True if it was not done."""
-        was_done = self.done()
-        self._inner.cancel()
-        for kept in self._keep:
-            cancel = getattr(kept, "cancel", None)
-            if cancel is not None:
-                cancel()
-        if self._on_cancel is not None:
-            self._on_cancel()
-        return not was_done
+        """Cancel the job and its dependencies: queued work is dropped and running
+        Python code is stopped on the worker (see ``_worker.running_task``).
+
+        True if it was not done yet.
+        """
+        return cancel_many([self])
 
     def add_done_callback(self, fn: Callable[[JobFuture], Any]) -> None:
         """Call ``fn(self)`` when the job is done; errors in ``fn`` are logged, not raised."""
@@ -153,6 +158,45 @@ class JobFuture:
 
     def __repr__(self) -> str:
         return f"<JobFuture {self.name} status={self.status}>"
+
+
+def _with_dependencies(handles: list[JobFuture]) -> list[JobFuture]:
+    seen: dict[int, JobFuture] = {}
+    todo = list(handles)
+    while todo:
+        handle = todo.pop()
+        if id(handle) in seen:
+            continue
+        seen[id(handle)] = handle
+        todo.extend(k for k in handle._keep if isinstance(k, JobFuture))
+    return list(seen.values())
+
+
+def cancel_many(handles: list[JobFuture]) -> bool:
+    """Cancel many handles (and their dependencies) with one request per backend.
+
+    Returns True if any of ``handles`` was not done yet. Errors while telling
+    the cluster (e.g. it is gone) are logged: cancelling must never hang or
+    hide the reason the caller is cancelling.
+    """
+    handles = list(handles)
+    not_done = any(not h.done() for h in handles)
+    groups: dict[Any, list[JobFuture]] = {}
+    for handle in _with_dependencies(handles):
+        groups.setdefault(handle._canceller, []).append(handle)
+    for canceller, group in groups.items():
+        if canceller is None:
+            for handle in group:
+                handle._inner.cancel()
+            continue
+        try:
+            canceller(group)
+        except Exception:
+            logger.warning("dc_jupyter: could not cancel on the cluster", exc_info=True)
+    for handle in handles:
+        if handle._on_cancel is not None:
+            handle._on_cancel()
+    return not_done
 
 
 def format_exception_summary(exc: BaseException) -> str:

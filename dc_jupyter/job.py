@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _worker, serialize
 from .binding import labelled_arguments
+from .config import seconds
 from .display import watching
 
 if TYPE_CHECKING:
@@ -96,7 +97,8 @@ class Job:
         ``TimeoutError`` and cancels the remote work when exceeded.
         """
         __tracebackhide__ = True
-        timeout = self.function.options.timeout if timeout is None else timeout
+        # Checked before anything is sent: a bad timeout must not leave work running.
+        timeout = self.function.options.timeout if timeout is None else seconds(timeout, "timeout")
         handle = self.submit()
         with watching(handle):
             return wait_or_cancel(handle, timeout)

@@ -8,8 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .config import seconds
 from .display import watching
 from .errors import SerializationError
+from .handle import cancel_many
 from .job import Job, wait_or_cancel
 
 if TYPE_CHECKING:
@@ -69,7 +71,8 @@ class MapJob:
 
     def compute(self, timeout: float | None = None) -> list[Any]:
         """Run every item and return the results as a list, in input order."""
-        timeout = self.function.options.timeout if timeout is None else timeout
+        # Checked before anything is sent: a bad timeout must not leave work running.
+        timeout = self.function.options.timeout if timeout is None else seconds(timeout, "timeout")
         handle = self.submit()
         with watching(handle):
             return wait_or_cancel(handle, timeout)
@@ -160,8 +163,8 @@ class MapFuture:
         return results
 
     def cancel(self) -> bool:
-        """Cancel every item that is not done yet."""
-        return any([f.cancel() for f in self.futures])
+        """Cancel every item not done yet, stopping running ones (one request per backend)."""
+        return cancel_many(self.futures)
 
     def __iter__(self):
         return itertools.chain(self.futures)
