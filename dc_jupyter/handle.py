@@ -73,6 +73,7 @@ class JobFuture:
         # inner future's own cancel().
         self._canceller = canceller
         self._value: Any = _NOT_YET
+        self._error: BaseException | None = None  # the failure, once seen
         self._lock = threading.Lock()
         self.submitted_at = time.monotonic()
 
@@ -80,6 +81,8 @@ class JobFuture:
     @property
     def status(self) -> str:
         """One of ``pending``, ``running``, ``finished``, ``error``, ``cancelled``."""
+        if self._error is not None:
+            return "error"
         inner = self._inner
         status = getattr(inner, "status", None)
         if isinstance(status, str):
@@ -108,6 +111,8 @@ class JobFuture:
         __tracebackhide__ = True  # IPython: show the remote frames, not this plumbing
         if self._value is not _NOT_YET:
             return self._value
+        if self._error is not None:
+            raise self._error
         try:
             blob = self._inner.result(timeout=timeout)
         except KeyboardInterrupt:
@@ -118,8 +123,16 @@ class JobFuture:
         except Exception as exc:
             clearer = translate_backend_error(exc, self)
             if clearer is not None:
-                raise clearer from exc
-            raise _strip_plumbing(exc) from exc.__cause__
+                clearer.__cause__ = exc
+            else:
+                clearer = _strip_plumbing(exc)
+            self._error = clearer
+            # Dask keeps the exception it raised in the client, and raising it
+            # links our frames (so this future) to it: a cycle through the client
+            # that would keep the erred task on the scheduler for good. Release
+            # the future; the error is kept here for later calls.
+            _release(self._inner)
+            raise clearer from clearer.__cause__
         with self._lock:
             if self._value is _NOT_YET:
                 self._value = serialize.loads_result(blob)
@@ -132,7 +145,7 @@ class JobFuture:
         except TimeoutError:
             if not self.done():
                 raise
-            return self._inner.exception()
+            return self._error or self._inner.exception()
         except Exception as exc:
             return exc
         return None
@@ -158,6 +171,12 @@ class JobFuture:
 
     def __repr__(self) -> str:
         return f"<JobFuture {self.name} status={self.status}>"
+
+
+def _release(inner: Any) -> None:
+    release = getattr(inner, "release", None)  # distributed.Future only
+    if release is not None:
+        release()
 
 
 def _with_dependencies(handles: list[JobFuture]) -> list[JobFuture]:
