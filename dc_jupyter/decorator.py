@@ -35,6 +35,7 @@ class JobOptions:
             raise TypeError(
                 f"resources must be a mapping like {{'GPU': 1}}, not {self.resources!r}"
             )
+        object.__setattr__(self, "resources", dict(self.resources))
         for name, amount in self.resources.items():
             if not isinstance(name, str) or not name:
                 raise ValueError(f"resource names must be non-empty strings, not {name!r}")
@@ -176,7 +177,7 @@ def compute_this(
     options = JobOptions(
         backend=backend,
         retries=retries,
-        resources=dict(resources or {}),
+        resources=resources if resources is not None else {},
         timeout=timeout,
         client=client,
         cluster=cluster,

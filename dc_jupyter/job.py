@@ -15,6 +15,7 @@ from . import _worker, serialize
 from .binding import labelled_arguments
 from .config import seconds
 from .display import watching
+from .errors import SerializationError
 
 if TYPE_CHECKING:
     from .decorator import RemoteFunction
@@ -68,14 +69,20 @@ class Job:
         args = list(self.args)
         kwargs = dict(self.kwargs)
         slots: list[int | str] = []
-        for i, value in enumerate(args):
-            args[i], hit = _replace_jobs(value, deps)
-            if hit:
-                slots.append(i)
-        for key, value in kwargs.items():
-            kwargs[key], hit = _replace_jobs(value, deps)
-            if hit:
-                slots.append(key)
+        try:
+            for i, value in enumerate(args):
+                args[i], hit = _replace_jobs(value, deps)
+                if hit:
+                    slots.append(i)
+            for key, value in kwargs.items():
+                kwargs[key], hit = _replace_jobs(value, deps)
+                if hit:
+                    slots.append(key)
+        except RecursionError:
+            raise SerializationError(
+                f"Cannot send the arguments of {self.name}(): they are nested too deeply to "
+                "pickle (RecursionError). Nothing was sent. Flatten the data first."
+            ) from None
         payload = serialize.dumps_call(
             self.function.__wrapped__,
             tuple(args),
