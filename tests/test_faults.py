@@ -67,6 +67,9 @@ def healthy(faulty, fclient):
     """Before: both workers up. After: nothing left on the scheduler."""
     fclient.wait_for_workers(2, timeout=60)
     yield
+    # A raised exception's traceback forms a cycle with the handles in its frames
+    # (which keep their futures): collect it, as the next cell's GC would.
+    gc.collect()
     assert wait_until(lambda: scheduler_task_count(fclient) == 0, timeout=10), (
         "tasks left on the scheduler"
     )
