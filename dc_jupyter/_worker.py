@@ -12,6 +12,11 @@ healthy, and Dask moves a single bytes frame instead of walking big containers.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import threading
+import time
+
 import cloudpickle
 
 PICKLE_PROTOCOL = 5
@@ -104,8 +109,136 @@ def dump_result(result, name: str) -> bytes:
 
 def run_job(payload: bytes, *dep_blobs: bytes) -> bytes:
     """Run one call on a worker and return its pickled result."""
-    name, result = call_payload(payload, dep_blobs)
-    return dump_result(result, name)
+    with running_task():
+        name, result = call_payload(payload, dep_blobs)
+        return dump_result(result, name)
+
+
+# -- stopping running code (cancel, timeout, Ctrl-C in the notebook) ---------------
+#
+# Dask can cancel a queued task but not one that already runs: its thread keeps
+# going and a one-thread worker stays busy. So each task registers its thread
+# under its Dask key while it runs, and the client asks the workers (with
+# ``client.run(interrupt_tasks, keys)``) to raise ``TaskInterrupted`` in those
+# threads with ``PyThreadState_SetAsyncExc``. The exception lands at the next
+# Python bytecode the thread runs: C code that never returns (a long
+# ``time.sleep``, a blocking socket read) finishes first.
+
+#: Where the registry lives on the ``distributed.Worker`` object. This module is
+#: shipped by value with every task, so its own globals do not persist.
+_STATE_ATTR = "_dc_jupyter_interrupts"
+#: How long a key cancelled before its task started stays remembered.
+_FORGET_CANCELLED_AFTER = 300.0
+
+
+class TaskInterrupted(BaseException):
+    """Raised in a task's thread to stop it; a BaseException so ``except Exception``
+    in user code does not swallow it. ``running_task`` turns it into an ordinary
+    error before it reaches Dask (which would shut the worker down on a bare
+    BaseException that is not its own)."""
+
+    dc_jupyter_interrupt = True
+
+
+class _InterruptState:
+    """Per worker process: which thread runs which key, and keys already cancelled."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: dict[str, int] = {}  # key -> thread ident
+        self.interrupted: set[str] = set()
+        self.cancelled: dict[str, float] = {}  # key -> time.monotonic() when cancelled
+
+
+def _state(worker=None):
+    """This worker's ``_InterruptState``, or None outside a Dask worker (local backends)."""
+    if worker is None:
+        try:
+            from distributed import get_worker
+
+            worker = get_worker()
+        except (ImportError, ValueError):
+            return None
+    state = getattr(worker, _STATE_ATTR, None)
+    if state is None:
+        # setdefault on the instance dict is atomic under the GIL: two threads
+        # creating it at once still share one.
+        state = worker.__dict__.setdefault(_STATE_ATTR, _InterruptState())
+    return state
+
+
+def _current_key():
+    try:
+        from distributed.worker import thread_state
+    except ImportError:
+        return None
+    return getattr(thread_state, "key", None)
+
+
+def _set_async_exc(thread_id: int, exc_type) -> int:
+    # exc_type None clears a pending exception (the C API's NULL).
+    return ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type) if exc_type else None
+    )
+
+
+@contextlib.contextmanager
+def running_task(key=None):
+    """Let ``interrupt_tasks`` stop the code run inside this block on this worker.
+
+    ``key`` defaults to the Dask key of the task this thread runs. Outside a
+    Dask worker (local and executor backends) this does nothing.
+    """
+    state = _state()
+    key = key if key is not None else _current_key()
+    if state is None or key is None:
+        yield
+        return
+    thread_id = threading.get_ident()
+    with state.lock:
+        if key in state.cancelled:  # cancelled before it got here: don't start
+            raise RuntimeError(f"task {key!r} was cancelled before it started")
+        state.running[key] = thread_id
+    try:
+        yield
+    except BaseException as exc:
+        if getattr(type(exc), "dc_jupyter_interrupt", False):
+            raise RuntimeError(f"task {key!r} was cancelled and stopped on its worker") from None
+        raise
+    finally:
+        with state.lock:
+            state.running.pop(key, None)
+            if key in state.interrupted:
+                state.interrupted.discard(key)
+                # The exception may still be pending if the code never reached
+                # another bytecode; it must not fire later in Dask's own code or
+                # in the next task on this thread.
+                _set_async_exc(thread_id, None)
+
+
+def interrupt_tasks(keys, dask_worker=None) -> list:
+    """Stop the tasks ``keys`` on this worker (run with ``client.run``).
+
+    Returns the keys that were running here. Keys not running yet are
+    remembered, so a task that starts after its cancellation stops at once.
+    """
+    state = _state(dask_worker)
+    if state is None:
+        return []
+    hit = []
+    now = time.monotonic()
+    with state.lock:
+        for key in keys:
+            thread_id = state.running.get(key)
+            if thread_id is None:
+                state.cancelled[key] = now
+            elif key not in state.interrupted and _set_async_exc(thread_id, TaskInterrupted):
+                state.interrupted.add(key)
+                hit.append(key)
+        for key, when in list(state.cancelled.items()):
+            if now - when > _FORGET_CANCELLED_AFTER:
+                del state.cancelled[key]
+    return hit
 
 
 def shippable_task():
@@ -180,11 +313,12 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered) -> bytes:
     values = [None] * len(items)
     errors = {}
     clock = time.perf_counter()
-    for position, args in enumerate(items):
-        try:
-            values[position] = func(*args)
-        except Exception as exc:
-            errors[position] = _portable_error(exc)
+    with running_task():  # cancel / Ctrl-C / timeout stop the batch mid-item
+        for position, args in enumerate(items):
+            try:
+                values[position] = func(*args)
+            except Exception as exc:
+                errors[position] = _portable_error(exc)
     busy = time.perf_counter() - clock
     meta = {"worker": _where(), "started": started, "busy": busy, "count": len(items)}
     try:
@@ -230,3 +364,12 @@ def load_cached(digest: str, blob: bytes):
     if func is None:
         func = cache.__dict__[digest] = pickle.loads(blob)
     return func
+
+
+def shippable_interrupter():
+    """``interrupt_tasks`` in a form Dask ships by value (see ``shippable_task``)."""
+
+    def dc_jupyter_interrupt(keys, dask_worker=None):
+        return interrupt_tasks(keys, dask_worker=dask_worker)
+
+    return dc_jupyter_interrupt

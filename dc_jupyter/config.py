@@ -31,6 +31,9 @@ def seconds(value: Any, what: str) -> float | None:
 
     if value is None:
         return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+        # (Dask's parser does not take negative numbers: say what is wrong instead.)
+        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
     try:
         parsed = parse_timedelta(value, default="seconds")
     except (ValueError, KeyError, TypeError) as exc:

@@ -10,6 +10,7 @@ The cluster is the first of: one chosen explicitly (``connect()``,
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _lock = threading.RLock()
 _explicit: Any = None  # the Client chosen with connect()/start_local()
+_explicit_target: dict[str, Any] | None = None  # how connect() reached it, to reconnect
 _by_address: dict[str, Any] = {}  # clients we opened, by scheduler address
 _local_cluster: Any = None
 _local_client: Any = None
@@ -51,12 +53,25 @@ def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any)
                 # ensure_compatible() raises a clearer error for the same finding.
                 warnings.simplefilter("ignore", VersionMismatchWarning)
             client = Client(target, timeout=f"{seconds}s", set_as_default=False, **kwargs)
-    except (OSError, TimeoutError) as exc:
-        where = target if isinstance(target, str) else kwargs.get("scheduler_file", target)
+    except (OSError, TimeoutError, TypeError) as exc:
+        where = target if isinstance(target, str) else _address_in_file(kwargs, target)
+        tls_problem = _tls_problem(where, exc)
+        if isinstance(exc, TypeError) and tls_problem is None:
+            raise
+        if tls_problem is not None:
+            raise SchedulerUnreachableError(
+                f"The Dask scheduler at {where!r} refused this client: {tls_problem} "
+                f"({type(exc).__name__}: {exc}). It uses TLS with certificates: set "
+                "dask.config 'distributed.comm.tls.ca-file', "
+                "'distributed.comm.tls.client.cert' and 'distributed.comm.tls.client.key' "
+                "to files the cluster trusts, or pass "
+                "client=Client(address, security=Security(...))."
+            ) from exc
         raise SchedulerUnreachableError(
             f"Could not reach the Dask scheduler at {where!r} within {seconds:g} s "
             f"({type(exc).__name__}: {exc}). Check that `dask scheduler` runs there and "
-            "that the address is right; set dc_jupyter.connect-timeout to wait longer, or "
+            "that the address is right (a scheduler started with TLS needs its tls:// "
+            "address and certificates); set dc_jupyter.connect-timeout to wait longer, or "
             "unset DASK_SCHEDULER_ADDRESS to use the embedded local cluster."
         ) from exc
     return tune_for_interactive_use(client)
@@ -77,8 +92,33 @@ def tune_for_interactive_use(client: Any) -> Any:
     return client
 
 
+def _address_in_file(kwargs: dict, target: Any) -> Any:
+    path = kwargs.get("scheduler_file")
+    if path is None:
+        return target
+    try:
+        with open(path) as f:
+            return json.load(f).get("address", path)
+    except (OSError, ValueError):
+        return path
+
+
+def _tls_problem(address: Any, exc: BaseException) -> str | None:
+    """Why a TLS handshake failed, in words, or None if ``exc`` is not about TLS."""
+    text = f"{exc} {exc.__cause__ or ''}"
+    if "ssl_context" in text:
+        return "this client has no TLS certificates configured"
+    if isinstance(address, str) and address.startswith("tls://") or "SSL" in text:
+        return "the TLS handshake failed (missing, untrusted or wrong certificates)"
+    return None
+
+
 def _usable(client: Any) -> bool:
-    return client is not None and getattr(client, "status", None) in ("running", "connecting")
+    # "connecting" after start-up means the scheduler went away and the client
+    # is retrying in the background: work sent now would wait on a scheduler
+    # that may never come back, so open a fresh client (which fails, naming
+    # the address, within the connect timeout, or works if it is back).
+    return client is not None and getattr(client, "status", None) == "running"
 
 
 def client_for_address(address: str, timeout: float | str | None = None) -> Any:
@@ -103,7 +143,7 @@ def connect(
     timeout: float | str | None = None,
 ) -> Any:
     """Send all later work to the scheduler at ``address`` (or in ``scheduler_file``)."""
-    global _explicit
+    global _explicit, _explicit_target
     if (address is None) == (scheduler_file is None):
         raise ValueError("connect() takes a scheduler address or scheduler_file=, exactly one")
     if scheduler_file is not None:
@@ -119,25 +159,40 @@ def connect(
     ensure_compatible(client)
     with _lock:
         _explicit = client
+        _explicit_target = {"address": address, "scheduler_file": scheduler_file}
+    return client
+
+
+def _reconnect_explicit() -> Any:
+    """The client connect() chose, reopened if its scheduler went away and came back."""
+    global _explicit
+    target = _explicit_target or {}
+    if target.get("scheduler_file"):
+        client = _open_client(None, scheduler_file=target["scheduler_file"])
+        _by_address[client.scheduler.address] = client
+    else:
+        client = client_for_address(target["address"])
+    _explicit = client
     return client
 
 
 def start_local(n_workers: int | None = None) -> Any:
     """(Re)start the embedded local cluster with ``n_workers`` and use it from now on."""
-    global _explicit
+    global _explicit, _explicit_target
     if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
         raise ValueError(f"n_workers must be a whole number >= 1, not {n_workers!r}")
     with _lock:
         _close_local()
+        _explicit_target = None
         _explicit = _embedded_client(n_workers)
         return _explicit
 
 
 def close() -> None:
     """Forget the chosen cluster and close every client and cluster dc_jupyter opened."""
-    global _explicit
+    global _explicit, _explicit_target
     with _lock:
-        _explicit = None
+        _explicit = _explicit_target = None
         for client in list(_by_address.values()):
             _close_quietly(client)
         _by_address.clear()
@@ -162,6 +217,8 @@ def _discover() -> Any:
     with _lock:
         if _usable(_explicit):
             return _explicit
+        if _explicit_target is not None:
+            return _reconnect_explicit()
         address = dask.config.get("scheduler-address", None)
         if address:
             return client_for_address(address)
@@ -219,13 +276,16 @@ def ensure_compatible(client: Any) -> None:
     _checked.add(client)
 
 
+def scheduler_info(client: Any) -> dict[str, Any]:
+    """``client.scheduler_info()`` listing every worker (newer Dask lists 5 by default)."""
+    if _accepts_n_workers(client):
+        return client.scheduler_info(n_workers=-1)
+    return client.scheduler_info()
+
+
 def describe(client: Any) -> dict[str, Any]:
     """Address, workers, threads, memory and dashboard link of ``client``'s cluster."""
-    info = (
-        client.scheduler_info(n_workers=-1)
-        if _accepts_n_workers(client)
-        else client.scheduler_info()
-    )
+    info = scheduler_info(client)
     workers = info.get("workers", {})
     return {
         "address": info.get("address") or client.scheduler.address,

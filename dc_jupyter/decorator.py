@@ -35,6 +35,7 @@ class JobOptions:
             raise TypeError(
                 f"resources must be a mapping like {{'GPU': 1}}, not {self.resources!r}"
             )
+        object.__setattr__(self, "resources", dict(self.resources))
         for name, amount in self.resources.items():
             if not isinstance(name, str) or not name:
                 raise ValueError(f"resource names must be non-empty strings, not {name!r}")
@@ -44,6 +45,12 @@ class JobOptions:
                     "(e.g. resources={'GPU': 1})"
                 )
         object.__setattr__(self, "timeout", config.seconds(self.timeout, "timeout"))
+        if self.client is not None and not callable(getattr(self.client, "submit", None)):
+            raise TypeError(f"client= takes a distributed.Client, not {self.client!r}")
+        if self.cluster is not None and not getattr(self.cluster, "scheduler_address", None):
+            raise TypeError(
+                f"cluster= takes a Dask cluster object (e.g. LocalCluster), not {self.cluster!r}"
+            )
         if self.address is not None and not isinstance(self.address, str):
             raise TypeError(
                 f"address must be a string like 'tcp://host:8786', not {self.address!r}"
@@ -170,7 +177,7 @@ def compute_this(
     options = JobOptions(
         backend=backend,
         retries=retries,
-        resources=dict(resources or {}),
+        resources=resources if resources is not None else {},
         timeout=timeout,
         client=client,
         cluster=cluster,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import serialize
+from .backend_errors import translate_backend_error
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +61,19 @@ class JobFuture:
         key: str | None = None,
         keep: tuple = (),
         on_cancel: Callable[[], None] | None = None,
+        canceller: Callable[[list[JobFuture]], None] | None = None,
     ) -> None:
         self._inner = inner
         self.name = name
         self.key = key
         self._keep = keep
         self._on_cancel = on_cancel
+        # Cancels a batch of handles of one backend in one go and stops their
+        # running code (``backends.dask_backend.DaskCanceller``); None: the
+        # inner future's own cancel().
+        self._canceller = canceller
         self._value: Any = _NOT_YET
+        self._error: BaseException | None = None  # the failure, once seen
         self._lock = threading.Lock()
         self.submitted_at = time.monotonic()
 
@@ -74,6 +81,8 @@ class JobFuture:
     @property
     def status(self) -> str:
         """One of ``pending``, ``running``, ``finished``, ``error``, ``cancelled``."""
+        if self._error is not None:
+            return "error"
         inner = self._inner
         status = getattr(inner, "status", None)
         if isinstance(status, str):
@@ -102,6 +111,8 @@ class JobFuture:
         __tracebackhide__ = True  # IPython: show the remote frames, not this plumbing
         if self._value is not _NOT_YET:
             return self._value
+        if self._error is not None:
+            raise self._error
         try:
             blob = self._inner.result(timeout=timeout)
         except KeyboardInterrupt:
@@ -110,7 +121,18 @@ class JobFuture:
         except TimeoutError:
             raise
         except Exception as exc:
-            raise _strip_plumbing(exc) from exc.__cause__
+            clearer = translate_backend_error(exc, self)
+            if clearer is not None:
+                clearer.__cause__ = exc
+            else:
+                clearer = _strip_plumbing(exc)
+            self._error = clearer
+            # Dask keeps the exception it raised in the client, and raising it
+            # links our frames (so this future) to it: a cycle through the client
+            # that would keep the erred task on the scheduler for good. Release
+            # the future; the error is kept here for later calls.
+            _release(self._inner)
+            raise clearer from clearer.__cause__
         with self._lock:
             if self._value is _NOT_YET:
                 self._value = serialize.loads_result(blob)
@@ -123,22 +145,18 @@ class JobFuture:
         except TimeoutError:
             if not self.done():
                 raise
-            return self._inner.exception()
+            return self._error or self._inner.exception()
         except Exception as exc:
             return exc
         return None
 
     def cancel(self) -> bool:
-        """Cancel the job (queued or running) on the cluster; True if it was not done."""
-        was_done = self.done()
-        self._inner.cancel()
-        for kept in self._keep:
-            cancel = getattr(kept, "cancel", None)
-            if cancel is not None:
-                cancel()
-        if self._on_cancel is not None:
-            self._on_cancel()
-        return not was_done
+        """Cancel the job and its dependencies: queued work is dropped and running
+        Python code is stopped on the worker (see ``_worker.running_task``).
+
+        True if it was not done yet.
+        """
+        return cancel_many([self])
 
     def add_done_callback(self, fn: Callable[[JobFuture], Any]) -> None:
         """Call ``fn(self)`` when the job is done; errors in ``fn`` are logged, not raised."""
@@ -159,6 +177,51 @@ class JobFuture:
         from .display import show
 
         show(self)
+
+
+def _release(inner: Any) -> None:
+    release = getattr(inner, "release", None)  # distributed.Future only
+    if release is not None:
+        release()
+
+
+def _with_dependencies(handles: list[JobFuture]) -> list[JobFuture]:
+    seen: dict[int, JobFuture] = {}
+    todo = list(handles)
+    while todo:
+        handle = todo.pop()
+        if id(handle) in seen:
+            continue
+        seen[id(handle)] = handle
+        todo.extend(k for k in handle._keep if isinstance(k, JobFuture))
+    return list(seen.values())
+
+
+def cancel_many(handles: list[JobFuture]) -> bool:
+    """Cancel many handles (and their dependencies) with one request per backend.
+
+    Returns True if any of ``handles`` was not done yet. Errors while telling
+    the cluster (e.g. it is gone) are logged: cancelling must never hang or
+    hide the reason the caller is cancelling.
+    """
+    handles = list(handles)
+    not_done = any(not h.done() for h in handles)
+    groups: dict[Any, list[JobFuture]] = {}
+    for handle in _with_dependencies(handles):
+        groups.setdefault(handle._canceller, []).append(handle)
+    for canceller, group in groups.items():
+        if canceller is None:
+            for handle in group:
+                handle._inner.cancel()
+            continue
+        try:
+            canceller(group)
+        except Exception:
+            logger.warning("dc_jupyter: could not cancel on the cluster", exc_info=True)
+    for handle in handles:
+        if handle._on_cancel is not None:
+            handle._on_cancel()
+    return not_done
 
 
 def format_exception_summary(exc: BaseException) -> str:

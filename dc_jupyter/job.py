@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import _worker, serialize
 from .binding import labelled_arguments
+from .config import seconds
 from .display import watching
+from .errors import SerializationError
 
 if TYPE_CHECKING:
     from .decorator import RemoteFunction
@@ -81,18 +83,24 @@ class Job:
         args = list(self.args)
         kwargs = dict(self.kwargs)
         slots: list[int | str] = []
-        for i, value in enumerate(args):
-            args[i], hit = _replace_jobs(value, deps)
-            if not hit and scatter_above is not None:
-                args[i], hit = _set_aside_if_large(value, deps, scatter_above)
-            if hit:
-                slots.append(i)
-        for key, value in kwargs.items():
-            kwargs[key], hit = _replace_jobs(value, deps)
-            if not hit and scatter_above is not None:
-                kwargs[key], hit = _set_aside_if_large(value, deps, scatter_above)
-            if hit:
-                slots.append(key)
+        try:
+            for i, value in enumerate(args):
+                args[i], hit = _replace_jobs(value, deps)
+                if not hit and scatter_above is not None:
+                    args[i], hit = _set_aside_if_large(value, deps, scatter_above)
+                if hit:
+                    slots.append(i)
+            for key, value in kwargs.items():
+                kwargs[key], hit = _replace_jobs(value, deps)
+                if not hit and scatter_above is not None:
+                    kwargs[key], hit = _set_aside_if_large(value, deps, scatter_above)
+                if hit:
+                    slots.append(key)
+        except RecursionError:
+            raise SerializationError(
+                f"Cannot send the arguments of {self.name}(): they are nested too deeply to "
+                "pickle (RecursionError). Nothing was sent. Flatten the data first."
+            ) from None
         payload = serialize.dumps_call(
             self.function.__wrapped__,
             tuple(args),
@@ -114,7 +122,8 @@ class Job:
         ``TimeoutError`` and cancels the remote work when exceeded.
         """
         __tracebackhide__ = True
-        timeout = self.function.options.timeout if timeout is None else timeout
+        # Checked before anything is sent: a bad timeout must not leave work running.
+        timeout = self.function.options.timeout if timeout is None else seconds(timeout, "timeout")
         handle = self.submit()
         with watching(handle):
             return wait_or_cancel(handle, timeout)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import config, serialize
 from .batching import BatchSizer, check_items, contains_job
+from .config import seconds
 from .display import watching
 from .errors import SerializationError
 from .handle import _strip_plumbing
@@ -95,7 +96,8 @@ class MapJob:
         item; ``errors="return"`` puts each failed item's exception in its
         place in the list instead, so the successful results are kept.
         """
-        timeout = self.function.options.timeout if timeout is None else timeout
+        # Checked before anything is sent: a bad timeout must not leave work running.
+        timeout = self.function.options.timeout if timeout is None else seconds(timeout, "timeout")
         handle = self.submit()
         with watching(handle):
             return wait_or_cancel(_ResultWith(handle, errors), timeout)
@@ -427,10 +429,11 @@ class MapFuture:
             self._next = self.total
             self._cancelled += unsent
             futures = [f for _, _, f in self._in_flight.values() if f is not None]
+            channel = self._channel
             if self._done + self._failed + self._cancelled >= self.total:
                 self._finish()
-        for future in futures:
-            future.cancel()
+        if futures and channel is not None:
+            channel.cancel(futures)  # drops queued batches, stops running ones on workers
         return True
 
     def __repr__(self) -> str:

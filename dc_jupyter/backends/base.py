@@ -64,5 +64,10 @@ class BatchChannel:
             future.set_exception(exc)
         return future
 
+    def cancel(self, futures: list[Any]) -> None:
+        """Cancel batches in flight (queued and, where the backend can, running)."""
+        for future in futures:
+            future.cancel()
+
     def close(self) -> None:
         pass

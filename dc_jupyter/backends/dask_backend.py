@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from .. import _worker, config, connection
@@ -77,6 +80,87 @@ def _scatter(client: Any, value: Any, key: str) -> Any:
     return client.scatter({key: value}, direct=True)[key]
 
 
+logger = logging.getLogger(__name__)
+
+_INTERRUPT = _worker.shippable_interrupter()
+#: Cancelling never waits longer than this for the scheduler (it may be gone).
+CANCEL_TIMEOUT = 5.0
+
+
+class DaskCanceller:
+    """Cancels futures of one client and stops their running code on the workers.
+
+    First the scheduler drops the tasks (so Dask does not retry them), then
+    every worker gets ``_worker.interrupt_tasks(keys)`` through ``client.run``,
+    which raises an exception in the threads still running those keys.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = weakref.ref(client)
+
+    def __call__(self, handles: list[JobFuture]) -> None:
+        self.cancel_futures([h._inner for h in handles], [h.key for h in handles if h.key])
+
+    def cancel_futures(self, futures: list[Any], keys: list[str]) -> None:
+        """Cancel Dask ``futures`` and interrupt ``keys`` wherever they are running."""
+        client = self._client()
+        if client is None:
+            return
+        if client.status != "running":
+            # Disconnected: Dask already cancelled these futures locally, and
+            # contacting the scheduler would only wait for the connect timeout.
+            for future in futures:
+                future.cancel()
+            return
+        client.sync(_cancel_and_interrupt, client, futures, keys, callback_timeout=CANCEL_TIMEOUT)
+
+
+async def _cancel_and_interrupt(client: Any, futures: list, keys: list[str]) -> None:
+    await client._cancel(futures, force=True)
+    if keys:
+        await client._run(_INTERRUPT, keys, wait=True, on_error="ignore")
+
+
+#: client -> (time.monotonic(), {resource: largest amount one worker has}, n_workers)
+_resource_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_RESOURCE_CACHE_SECONDS = 5.0
+
+
+def check_resources(client: Any, wanted: Any, name: str) -> None:
+    """Refuse a task no worker of the cluster could ever run (it would queue forever)."""
+    cached = _resource_cache.get(client)
+    if cached is None or time.monotonic() - cached[0] > _RESOURCE_CACHE_SECONDS:
+        info = connection.scheduler_info(client)
+        offered: dict[str, float] = {}
+        for worker in info.get("workers", {}).values():
+            for resource, amount in (worker.get("resources") or {}).items():
+                offered[resource] = max(offered.get(resource, 0), amount)
+        cached = _resource_cache[client] = (time.monotonic(), offered, len(info["workers"]))
+    _, offered, n_workers = cached
+    if not n_workers:
+        return  # no workers yet (e.g. an adaptive cluster scaling up): let Dask queue it
+    missing = {r: a for r, a in wanted.items() if offered.get(r, 0) < a}
+    if missing:
+        have = ", ".join(f"{r}={a:g}" for r, a in sorted(offered.items())) or "none"
+        raise ValueError(
+            f"{name} needs resources {missing!r}, but no worker of the cluster at "
+            f"{client.scheduler.address} has that much (workers offer: {have}), so it would "
+            "wait forever; nothing was sent. Start workers with e.g. "
+            "`dask worker ... --resources GPU=1`, or change resources=."
+        )
+
+
+_cancellers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def canceller_for(client: Any) -> DaskCanceller:
+    """One canceller per client, so a map's handles are cancelled in one request."""
+    canceller = _cancellers.get(client)
+    if canceller is None:
+        canceller = _cancellers[client] = DaskCanceller(client)
+    return canceller
+
+
 class DaskBackend(Backend):
     """Submits ``run_job(payload, *dependency_futures)`` with a readable key.
 
@@ -105,13 +189,15 @@ class DaskBackend(Backend):
 
     def submit_prepared(self, job: Job, payload: bytes, deps: list[Any]) -> JobFuture:
         client = self.client()
+        opts = job.function.options
+        if opts.resources:  # before anything (a dependency, a scatter) is sent
+            check_resources(client, opts.resources, job.name)
         dep_handles: list[Any] = []
         for dep in deps:
             if isinstance(dep, _worker.Scattered):
                 dep_handles.append(_scatter(client, dep, f"{job.name}-arg-{uuid.uuid4().hex}"))
             else:
                 dep_handles.append(self.submit(dep))
-        opts = job.function.options
         future = client.submit(
             _TASK,
             payload,
@@ -121,7 +207,13 @@ class DaskBackend(Backend):
             retries=opts.retries or None,
             resources=dict(opts.resources) or None,
         )
-        return JobFuture(future, name=job.name, key=job.key, keep=tuple(dep_handles))
+        return JobFuture(
+            future,
+            name=job.name,
+            key=job.key,
+            keep=tuple(dep_handles),
+            canceller=canceller_for(client),
+        )
 
     def describe(self) -> str:
         return f"dask {self.client().scheduler.address}"
@@ -175,6 +267,12 @@ class _DaskBatches(BatchChannel):
             retries=opts.retries or None,
             resources=dict(opts.resources) or None,
         )
+
+    def cancel(self, futures: list[Any]) -> None:
+        try:
+            canceller_for(self.client).cancel_futures(futures, [f.key for f in futures])
+        except Exception:  # the cluster may be gone: cancelling must not hang or raise
+            logger.warning("dc_jupyter: could not cancel the map on the cluster", exc_info=True)
 
     def close(self) -> None:
         shared, self.shared = self.shared, []
