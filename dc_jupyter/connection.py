@@ -199,6 +199,18 @@ def close() -> None:
         _close_local()
 
 
+def forget(address: str) -> None:
+    """Close the client dc_jupyter opened for ``address`` (its scheduler is going away)."""
+    global _explicit, _explicit_target
+    with _lock:
+        client = _by_address.pop(address, None)
+        if client is None:
+            return
+        if client is _explicit:
+            _explicit = _explicit_target = None
+        _close_quietly(client)
+
+
 def current_client(client: Any = None, cluster: Any = None, address: str | None = None) -> Any:
     """The ``distributed.Client`` that work goes to now (see module docstring)."""
     if client is not None:

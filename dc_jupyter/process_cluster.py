@@ -139,6 +139,11 @@ class ProcessCluster:
 
     def stop(self) -> None:
         """Stop workers, then the scheduler (SIGTERM, then SIGKILL after a few seconds)."""
+        if self._scheduler_file_ready():
+            from . import connection
+
+            # Close our own client first, or it keeps trying to reconnect and logs errors.
+            connection.forget(self.address)
         for proc in self.workers:
             _signal_group(proc, signal.SIGTERM)
         for proc in self.workers:
