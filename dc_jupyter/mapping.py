@@ -84,7 +84,7 @@ class MapJob:
         return MapFuture(
             self.items,
             name=self.name,
-            channel=backend.open_map(function_blob, self.function.options),
+            channel=backend.open_map(function_blob, self.function.options, self.name),
             slots=backend.slots(),
             bytes_per_item=bytes_per_item,
         )

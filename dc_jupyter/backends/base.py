@@ -40,7 +40,7 @@ class Backend(ABC):
         """How many batches can run at the same time (worker threads)."""
         return 1
 
-    def open_map(self, function_blob: bytes, options: Any) -> BatchChannel:
+    def open_map(self, function_blob: bytes, options: Any, name: str = "map") -> BatchChannel:
         """A channel for one map's batches; the function was pickled once, here."""
         return BatchChannel(function_blob)
 

@@ -221,8 +221,11 @@ class DaskBackend(Backend):
     def slots(self) -> int:
         return max(1, sum(self.client().nthreads().values()))
 
-    def open_map(self, function_blob: bytes, options: Any) -> BatchChannel:
-        return _DaskBatches(self.client(), function_blob, options, scatter_threshold())
+    def open_map(self, function_blob: bytes, options: Any, name: str = "map") -> BatchChannel:
+        client = self.client()
+        if options.resources:  # else a map no worker can run would wait forever
+            check_resources(client, options.resources, name)
+        return _DaskBatches(client, function_blob, options, scatter_threshold())
 
 
 class _DaskBatches(BatchChannel):

@@ -47,7 +47,7 @@ class ExecutorBackend(Backend):
     def slots(self) -> int:
         return getattr(self.executor, "_max_workers", None) or 1
 
-    def open_map(self, function_blob: bytes, options: Any) -> BatchChannel:
+    def open_map(self, function_blob: bytes, options: Any, name: str = "map") -> BatchChannel:
         return _ExecutorBatches(self.executor, function_blob)
 
 
