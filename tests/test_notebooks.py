@@ -148,7 +148,10 @@ def check_cell_magic(ran: Ran, context: dict) -> None:
     mean = round(sum(rng.gauss(0, 1) for _ in range(1000)) / 1000, 3)
     assert ran.stdout("first") == "drew 1000 samples on the cluster\n"
     assert ran.result("first") == repr(mean)
+    # The cell's widget previews its result, like a function's does.
     assert "data-state='finished'" in ran.widget("first").html
+    assert f"→ {mean!r}" in ran.widget("first").html
+    assert "→" not in ran.widget("define-remote").html  # no result, no preview
     # Names assigned remotely are notebook variables; the cell ran in another process.
     assert ran.result("pulled") == repr((1000, mean, True))
     assert ran.result("use-remote") == "(2000, 42)"
