@@ -30,6 +30,7 @@ from .display import watching
 from .errors import SerializationError
 from .handle import format_exception_summary
 from .mapping import MapJob
+from .render import short_repr
 
 __all__ = ["CellOptions", "run_cell"]
 
@@ -77,6 +78,7 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
         job.key = cell_id
         output = _listen(client, cell_id, 1, options.run_async)
         handle = _submit(job, output)
+        handle.preview = _preview if plan.analysis.has_result else lambda _raw: ""
     else:
         n = len(plan.elements)
         columns = [[a] * n for a in args] + [range(n), [options.map_name] * n, plan.elements]
@@ -284,6 +286,11 @@ def _outcome(plan: _Plan, raw: Any) -> dict:
     skipped = {k: v for part in parts for k, v in part.get("skipped", {}).items()}
     results = [part["result"] for part in parts]
     return {"values": values, "deleted": [], "result": results, "skipped": skipped}
+
+
+def _preview(raw: bytes) -> str:
+    """The widget's preview of a finished cell: its result, not the pickled outcome."""
+    return short_repr(serialize.loads_result(raw)["result"])
 
 
 def _apply(shell: Any, plan: _Plan, outcome: dict) -> Any:

@@ -100,7 +100,10 @@ def job_state(
     awaiting = False
     if state == "finished" and (fetch or _fetched(handle)):
         try:
-            detail = "→ " + short_repr(handle.result())
+            # A handle may say how to preview its raw result (a cell's is a pickled outcome).
+            preview = getattr(handle, "preview", None) or short_repr
+            text = preview(handle.result())
+            detail = f"→ {text}" if text else ""
         except Exception as exc:  # e.g. the result cannot be unpickled here
             state, detail = "failed", _summary(exc)
     elif state == "finished":
