@@ -480,22 +480,50 @@ def test_timeout_raises_and_cancels_remote_work(shell, client):
     assert "slow" not in shell.user_ns
 
 
-def test_resources_reach_the_scheduler(shell, client):
-    # The test workers have no GPU: the task waits, showing its restriction.
-    run(shell, "%%distribute --async -o job --resources GPU=1,MEM=2\nx = 1")
+@pytest.fixture(scope="module")
+def gpu_cluster(tmp_path_factory):
+    """One worker that offers GPU=1 and MEM=2 (the session workers offer none)."""
+    from dc_jupyter.process_cluster import ProcessCluster
+
+    c = ProcessCluster(
+        n_workers=1,
+        worker_args=["--resources", "GPU=1,MEM=2"],
+        workdir=str(tmp_path_factory.mktemp("gpu")),
+    )
+    c.start()
+    yield c
+    c.stop()
+
+
+def test_resources_reach_the_scheduler(shell, gpu_cluster):
+    from distributed import Client
+
+    cell = "import time\ntime.sleep(1.5)\nx = 1"
+    run(shell, f"%%distribute --async -o job --scheduler {gpu_cluster.address} "
+               f"--resources GPU=1,MEM=2\n{cell}")  # fmt: skip
     handle = shell.user_ns["job"]
+    with Client(gpu_cluster.address, set_as_default=False) as client:
 
-    def restrictions():
-        return client.run_on_scheduler(
-            lambda dask_scheduler, key=handle.key: getattr(
-                dask_scheduler.tasks.get(key), "resource_restrictions", None
+        def restrictions():
+            return client.run_on_scheduler(
+                lambda dask_scheduler, key=handle.key: getattr(
+                    dask_scheduler.tasks.get(key), "resource_restrictions", None
+                )
             )
-        )
 
-    assert wait_until(lambda: restrictions() == {"GPU": 1.0, "MEM": 2.0}, timeout=10)
-    assert not handle.done()
-    handle.cancel()
-    assert wait_until(lambda: restrictions() is None, timeout=10)
+        assert wait_until(lambda: restrictions() == {"GPU": 1.0, "MEM": 2.0}, timeout=10)
+        handle.result(timeout=30)
+    assert wait_until(lambda: shell.user_ns.get("x") == 1, timeout=10)
+
+
+def test_resources_no_worker_has_are_refused_before_sending(shell, client):
+    before = scheduler_task_count(client)
+    result, _, _ = run(shell, "%%distribute --resources GPU=1\nx = 1")
+    assert isinstance(result.error_in_exec, ValueError)
+    assert "needs resources {'GPU': 1" in str(result.error_in_exec)
+    assert "nothing was sent" in str(result.error_in_exec)
+    assert "x" not in shell.user_ns
+    assert scheduler_task_count(client) == before
 
 
 def test_retries_rerun_a_failed_cell(shell, tmp_path):
