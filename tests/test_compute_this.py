@@ -55,13 +55,28 @@ def test_embedded_default_cluster_runs_and_shuts_down():
 
         if __name__ == "__main__":
             print("result", func(2).compute())
-            info = connection.describe(connection.current_client())
+            client = connection.current_client()
+            info = connection.describe(client)
             print("embedded", info["embedded"], "workers", info["workers"], "threads", info["threads"])
+            import os
+            print("pids", *client.run(os.getpid).values())
         """,
         env={"DASK_DC_JUPYTER__LOCAL__N_WORKERS": "2"},
     )
     assert "result 4" in out
     assert "embedded True workers 2 threads 2" in out
+    # Closed at interpreter exit: the worker processes are gone, not orphaned.
+    pids = [int(p) for p in out.split("pids")[1].split()]
+    assert len(pids) == 2 and os.getpid() not in pids
+
+    def gone(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    assert wait_until(lambda: all(gone(p) for p in pids), timeout=10)
 
 
 def test_external_cluster_through_dask_scheduler_address_only(cluster):
