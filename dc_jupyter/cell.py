@@ -82,9 +82,7 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
     else:
         n = len(plan.elements)
         columns = [[a] * n for a in args] + [range(n), [options.map_name] * n, plan.elements]
-        job = MapJob(remote, tuple(columns))
-        for index, item_job in enumerate(job.jobs):
-            item_job.key = f"{cell_id}-{index}"
+        job = MapJob(remote, tuple(columns))  # each element's output carries its index
         output = _listen(client, cell_id, n, options.run_async)
         handle = _submit(job, output)
     if options.out:
