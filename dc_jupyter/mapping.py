@@ -429,9 +429,12 @@ class MapFuture:
             self._next = self.total
             self._cancelled += unsent
             futures = [f for _, _, f in self._in_flight.values() if f is not None]
+            # Settled now, not when the cluster confirms: after cancel() the
+            # handle says "cancelled" at once, and late callbacks find nothing.
+            self._cancelled += sum(count for _, count, _ in self._in_flight.values())
+            self._in_flight.clear()
             channel = self._channel
-            if self._done + self._failed + self._cancelled >= self.total:
-                self._finish()
+            self._finish()
         if futures and channel is not None:
             channel.cancel(futures)  # drops queued batches, stops running ones on workers
         return True

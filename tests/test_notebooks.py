@@ -179,7 +179,7 @@ def check_map_and_progress(ran: Ran, context: dict) -> None:
     ename, _, traceback = ran.error("map-error")
     assert ename == "ZeroDivisionError"
     assert "----> 3     return 1 / x" in traceback  # the remote frame, with its source
-    assert ran.result("map-error-note") == "['(raised by item 2 of inverse.map)']"
+    assert "(raised by item 2 of inverse.map; 1 of 4 items failed" in ran.result("map-error-note")
     failed = ran.widget("map-error")
     assert failed.bar == (4, 4, "danger")
     assert "3/4 done" in failed.html and "failed 1" in failed.html
@@ -187,7 +187,7 @@ def check_map_and_progress(ran: Ran, context: dict) -> None:
     assert ran.widget("failing-handle").bar == (4, 4, "danger")
     assert ran.result("per-item") == "[0.25, 0.5, 'ZeroDivisionError: division by zero', 1.0]"
     assert ran.result("per-item-counts") == (
-        "('error', {'finished': 3, 'error': 1, 'cancelled': 0, 'pending': 0})"
+        "('error', {'finished': 3, 'error': 1, 'cancelled': 0, 'pending': 0}, [2])"
     )
 
     assert ran.result("cancel") == (
