@@ -1,9 +1,10 @@
 """What runs on the workers: unpack a call, run it, pack the result.
 
-This module is shipped *by value* with cloudpickle (see ``shippable_task``), so
-``dask worker`` processes need only cloudpickle, never dc_jupyter itself. Hence
+``dask worker`` processes need only cloudpickle, never dc_jupyter itself: this
+file is uploaded to Dask clusters as a module of its own (``worker_module``),
+and pickled by value where a payload holds its classes (``serialize``). Hence
 the rule for this file: import nothing but the standard library and
-cloudpickle, and nothing from dc_jupyter.
+cloudpickle (``distributed`` only inside functions), and nothing from dc_jupyter.
 
 Results travel back as one cloudpickle blob: pickling happens here, where a
 result that cannot be pickled is reported by type while the worker stays
@@ -124,8 +125,8 @@ def run_job(payload: bytes, *dep_blobs: bytes) -> bytes:
 # Python bytecode the thread runs: C code that never returns (a long
 # ``time.sleep``, a blocking socket read) finishes first.
 
-#: Where the registry lives on the ``distributed.Worker`` object. This module is
-#: shipped by value with every task, so its own globals do not persist.
+#: Where the registry lives on the ``distributed.Worker`` object, so that every
+#: copy of this module in the worker (by version, or unpickled by value) shares it.
 _STATE_ATTR = "_dc_jupyter_interrupts"
 #: How long a key cancelled before its task started stays remembered.
 _FORGET_CANCELLED_AFTER = 300.0
@@ -241,22 +242,6 @@ def interrupt_tasks(keys, dask_worker=None) -> list:
     return hit
 
 
-def shippable_task():
-    """Return a task function that Dask must ship by value.
-
-    Dask tries the standard pickle first, which would refer to this module by
-    name and fail on workers without dc_jupyter. A function defined inside a
-    function has a ``<locals>`` qualified name that pickle cannot look up, so
-    Dask falls back to cloudpickle, which ships the code (and, because this
-    module is registered by value, its helpers too).
-    """
-
-    def dc_jupyter_task(payload: bytes, *dep_blobs: bytes) -> bytes:
-        return run_job(payload, *dep_blobs)
-
-    return dc_jupyter_task
-
-
 # -- maps: many items per task ------------------------------------------------
 
 
@@ -336,40 +321,3 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered) -> bytes:
             errors[position] = exc
             values[position] = None
     return cloudpickle.dumps((values, errors, meta), protocol=PICKLE_PROTOCOL)
-
-
-def shippable_batch_task():
-    """Like ``shippable_task``, for ``run_batch``."""
-
-    def dc_jupyter_batch(function_blob: bytes, items_blob: bytes, *scattered) -> bytes:
-        return run_batch(function_blob, items_blob, *scattered)
-
-    return dc_jupyter_batch
-
-
-def load_cached(digest: str, blob: bytes):
-    """Unpickle a task function once per worker process, then reuse it.
-
-    Referenced only by value and tiny, so a task carries ~1 kB of loader and the
-    worker skips re-creating the task's code for every task (~0.1-0.8 ms).
-    """
-    import pickle
-    import sys
-    import types
-
-    cache = sys.modules.get("_dc_jupyter_task_cache")
-    if cache is None:
-        cache = sys.modules["_dc_jupyter_task_cache"] = types.ModuleType("_dc_jupyter_task_cache")
-    func = cache.__dict__.get(digest)
-    if func is None:
-        func = cache.__dict__[digest] = pickle.loads(blob)
-    return func
-
-
-def shippable_interrupter():
-    """``interrupt_tasks`` in a form Dask ships by value (see ``shippable_task``)."""
-
-    def dc_jupyter_interrupt(keys, dask_worker=None):
-        return interrupt_tasks(keys, dask_worker=dask_worker)
-
-    return dc_jupyter_interrupt

@@ -8,62 +8,13 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .. import _worker, config, connection
+from .. import _worker, config, connection, worker_module
 from ..handle import JobFuture
 from .base import Backend, BatchChannel
 
 if TYPE_CHECKING:
     from ..decorator import JobOptions
     from ..job import Job
-
-
-class _Prepickled:
-    """A task function pickled once, here, instead of by Dask at every submit.
-
-    Dask would cloudpickle the function (with the worker module's code, by
-    value) for every task: ~0.7 ms per submit, and ~0.15 ms or more to rebuild
-    it on the worker. This pickles to ``_worker.load_cached(digest, blob)``,
-    which each worker process unpickles once and then takes from its cache.
-    """
-
-    def __init__(self, func: Any) -> None:
-        import hashlib
-
-        import cloudpickle
-
-        self.func = func
-        self.blob = cloudpickle.dumps(func, protocol=_worker.PICKLE_PROTOCOL)
-        self.digest = hashlib.sha1(self.blob).hexdigest()
-        self.__name__ = func.__name__
-
-    def __call__(self, *args: Any) -> Any:
-        return self.func(*args)
-
-    def __reduce__(self) -> tuple:
-        return (_LOADER, (self.digest, self.blob))
-
-
-class _ByBlob:
-    """Pickles as ``pickle.loads(blob)``: plain pickle can then handle it."""
-
-    def __init__(self, func: Any) -> None:
-        import cloudpickle
-
-        self.func = func
-        self.blob = cloudpickle.dumps(func, protocol=_worker.PICKLE_PROTOCOL)
-
-    def __call__(self, *args: Any) -> Any:
-        return self.func(*args)
-
-    def __reduce__(self) -> tuple:
-        import pickle
-
-        return (pickle.loads, (self.blob,))
-
-
-_LOADER = _ByBlob(_worker.load_cached)
-_TASK = _Prepickled(_worker.shippable_task())
-_BATCH_TASK = _Prepickled(_worker.shippable_batch_task())
 
 
 def scatter_threshold() -> int:
@@ -82,7 +33,6 @@ def _scatter(client: Any, value: Any, key: str) -> Any:
 
 logger = logging.getLogger(__name__)
 
-_INTERRUPT = _worker.shippable_interrupter()
 #: Cancelling never waits longer than this for the scheduler (it may be gone).
 CANCEL_TIMEOUT = 5.0
 
@@ -118,7 +68,9 @@ class DaskCanceller:
 async def _cancel_and_interrupt(client: Any, futures: list, keys: list[str]) -> None:
     await client._cancel(futures, force=True)
     if keys:
-        await client._run(_INTERRUPT, keys, wait=True, on_error="ignore")
+        # Uploaded already if any task of ours ran (no upload from inside the event loop).
+        interrupt = worker_module.local_module().interrupt_tasks
+        await client._run(interrupt, keys, wait=True, on_error="ignore")
 
 
 #: client -> (time.monotonic(), {resource: largest amount one worker has}, n_workers)
@@ -199,7 +151,7 @@ class DaskBackend(Backend):
             else:
                 dep_handles.append(self.submit(dep))
         future = client.submit(
-            _TASK,
+            worker_module.installed_on(client).run_job,
             payload,
             *[getattr(h, "_inner", h) for h in dep_handles],
             key=job.key,
@@ -262,7 +214,7 @@ class _DaskBatches(BatchChannel):
             self.shared.append(items)
         opts = self.options
         return self.client.submit(
-            _BATCH_TASK,
+            worker_module.installed_on(self.client).run_batch,
             function,
             items,
             key=key,
