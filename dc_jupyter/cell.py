@@ -15,7 +15,6 @@ import sys
 import time
 import types
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +23,10 @@ from IPython.core.error import UsageError
 from . import _cell_worker, serialize
 from .backends.dask_backend import DaskBackend
 from .cell_analysis import CellAnalysis, analyze_cell
+from .cell_handle import CellFuture
 from .cell_output import CellOutput
 from .decorator import JobOptions, RemoteFunction
-from .display import watching
+from .display import show, watching
 from .errors import SerializationError
 from .handle import format_exception_summary
 from .mapping import MapJob
@@ -67,36 +67,40 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
     options = options or CellOptions()
     plan = _plan(shell, cell, options, header)
     remote = RemoteFunction(_cell_worker.run_cell, _job_options(options))
-    remote.__name__ = "cell"
+    remote.__name__ = "cell"  # Dask keys: cell-<id>, cell-map-<token>-<batch>
     backend = remote.backend()
     client = backend.client() if isinstance(backend, DaskBackend) else None
     cell_id = f"cell-{uuid.uuid4().hex}"
     args = plan.worker_args(cell_id)
+    label = _label(shell, options)
     if options.map_name is None:
         job = remote(*args)
         job.key = cell_id
         output = _listen(client, cell_id, 1, options.run_async)
-        handle = _submit(job, output)
+        handle = CellFuture.adopt(_submit(job, output), label)
     else:
+        # One item per element; the map batches them like any map (one element
+        # per task until it has measured that they are quick).
         n = len(plan.elements)
         columns = [[a] * n for a in args] + [range(n), [options.map_name] * n, plan.elements]
-        job = MapJob(remote, tuple(columns))
-        for index, item_job in enumerate(job.jobs):
-            item_job.key = f"{cell_id}-{index}"
         output = _listen(client, cell_id, n, options.run_async)
-        handle = _submit(job, output)
+        handle = _submit(MapJob(remote, tuple(columns)), output)
     if options.out:
         shell.user_ns[options.out] = handle
     if options.run_async:
-        _when_done(handle, lambda: _finish_async(shell, plan, handle, output))
-        from IPython.display import display
-
-        display(handle)
+        handle.add_done_callback(lambda _: _finish_async(shell, plan, handle, output))
+        show(handle, label)
         return None
-    with watching(handle):
+    with watching(handle, label):
         _wait(handle, output, _job_options(options).timeout)
-        outcome = _outcome(plan, handle.result())
+        outcome = _outcome(plan, handle)
     return _apply(shell, plan, outcome)
+
+
+def _label(shell: Any, options: CellOptions) -> str:
+    """What the widget calls the cell: ``In[7] %%distribute`` (``--map x`` for a sweep)."""
+    label = f"In[{shell.execution_count}] %%distribute"
+    return f"{label} --map {options.map_name}" if options.map_name else label
 
 
 # -- before sending ----------------------------------------------------------------------
@@ -272,10 +276,11 @@ def _wait(handle: Any, output: CellOutput | None, timeout: float | None) -> None
         output.finish()
 
 
-def _outcome(plan: _Plan, raw: Any) -> dict:
+def _outcome(plan: _Plan, handle: Any) -> dict:
+    """The cell's decoded outcome; a sweep's parts merged into lists in input order."""
     if plan.options.map_name is None:
-        return serialize.loads_result(raw)
-    parts = [serialize.loads_result(blob) for blob in raw]
+        return handle.outcome()
+    parts = [serialize.loads_result(blob) for blob in handle.result()]
     values = {
         name: [part["values"].get(name) for part in parts]
         for name in plan.names
@@ -337,24 +342,11 @@ def _from_cell(func_globals: dict, user_ns: dict) -> bool:
 # -- --async -----------------------------------------------------------------------------
 
 
-def _when_done(handle: Any, callback: Callable[[], None]) -> None:
-    futures = getattr(handle, "futures", None) or [handle]
-    remaining = [len(futures)]
-
-    def one_done(_future: Any) -> None:
-        remaining[0] -= 1
-        if remaining[0] == 0:
-            callback()
-
-    for future in futures:
-        future.add_done_callback(one_done)
-
-
 def _finish_async(shell: Any, plan: _Plan, handle: Any, output: CellOutput | None) -> None:
     if output is not None:
         output.finish()
     try:
-        outcome = _outcome(plan, handle.result())
+        outcome = _outcome(plan, handle)
     except BaseException as exc:
         print(
             f"%%distribute --async cell failed: {format_exception_summary(exc)} "
