@@ -553,6 +553,48 @@ def test_map_failure_names_the_element(shell):
     assert "r" not in shell.user_ns
 
 
+def test_async_map_returns_at_once_then_every_name_is_a_list_in_input_order(shell):
+    shell.user_ns["base"] = 10
+    start = time.monotonic()
+    result, _, _ = run(
+        shell,
+        "%%distribute --async -o sweep --map x in [3, 1, 2, 0]\nimport time\n"
+        "time.sleep(0.5 * x)\nvalue = base + x\nsquare = x * x",
+    )
+    returned = time.monotonic() - start
+    handle = shell.user_ns["sweep"]
+    assert result.error_in_exec is None and result.result is None
+    assert not handle.done() and returned < 1.5  # element 3 alone sleeps 1.5 s
+    assert "value" not in shell.user_ns and "square" not in shell.user_ns
+    assert wait_until(lambda: "square" in shell.user_ns, timeout=30)
+    # all at once, each a list in input order (not in finishing order: 0, 1, 2, 3)
+    assert shell.user_ns["value"] == [13, 11, 12, 10]
+    assert shell.user_ns["square"] == [9, 1, 4, 0]
+    assert handle.done() and handle.status == "finished"
+    assert "x" not in shell.user_ns
+
+
+def test_async_map_failure_leaves_namespace_untouched(shell):
+    import contextlib
+    import io
+
+    shell.user_ns["kept"] = "before"
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):  # where the done-callback reports
+        result, _, _ = run(
+            shell,
+            "%%distribute --async -o sweep --map v in [1, 0, 2]\nkept = 'after'\nr = 1 / v",
+        )
+        assert result.error_in_exec is None
+        handle = shell.user_ns["sweep"]
+        with pytest.raises(ZeroDivisionError) as raised:
+            handle.result(timeout=30)
+        assert any("item 1" in note for note in raised.value.__notes__)
+        assert wait_until(lambda: "namespace was not changed" in stderr.getvalue(), timeout=10)
+    assert "ZeroDivisionError" in stderr.getvalue()
+    assert shell.user_ns["kept"] == "before" and "r" not in shell.user_ns
+
+
 # -- live output ------------------------------------------------------------------------
 
 
