@@ -23,7 +23,7 @@ from IPython.core.error import UsageError
 from . import _cell_worker, serialize
 from .backends.dask_backend import DaskBackend
 from .cell_analysis import CellAnalysis, analyze_cell
-from .cell_handle import CellFuture
+from .cell_handle import CellFuture, SweepFuture
 from .cell_output import CellOutput
 from .decorator import JobOptions, RemoteFunction
 from .display import show, watching
@@ -77,14 +77,16 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
         job = remote(*args)
         job.key = cell_id
         output = _listen(client, cell_id, 1, options.run_async)
-        handle = CellFuture.adopt(_submit(job, output), label)
+        handle = CellFuture.adopt(_submit(job, output), label, options.run_async)
     else:
         # One item per element; the map batches them like any map (one element
         # per task until it has measured that they are quick).
         n = len(plan.elements)
         columns = [[a] * n for a in args] + [range(n), [options.map_name] * n, plan.elements]
         output = _listen(client, cell_id, n, options.run_async)
-        handle = _submit(MapJob(remote, tuple(columns)), output)
+        handle = SweepFuture(
+            _submit(MapJob(remote, tuple(columns)), output), label, options.run_async
+        )
     if options.out:
         shell.user_ns[options.out] = handle
     if options.run_async:
@@ -280,7 +282,7 @@ def _outcome(plan: _Plan, handle: Any) -> dict:
     """The cell's decoded outcome; a sweep's parts merged into lists in input order."""
     if plan.options.map_name is None:
         return handle.outcome()
-    parts = [serialize.loads_result(blob) for blob in handle.result()]
+    parts = handle.parts()
     values = {
         name: [part["values"].get(name) for part in parts]
         for name in plan.names
@@ -343,15 +345,18 @@ def _from_cell(func_globals: dict, user_ns: dict) -> bool:
 
 
 def _finish_async(shell: Any, plan: _Plan, handle: Any, output: CellOutput | None) -> None:
-    if output is not None:
-        output.finish()
     try:
-        outcome = _outcome(plan, handle)
-    except BaseException as exc:
-        print(
-            f"%%distribute --async cell failed: {format_exception_summary(exc)} "
-            "(the namespace was not changed; handle.result() raises it)",
-            file=sys.stderr,
-        )
-        return
-    _apply(shell, plan, outcome)
+        if output is not None:
+            output.finish()
+        try:
+            outcome = _outcome(plan, handle)
+        except BaseException as exc:
+            print(
+                f"%%distribute --async cell failed: {format_exception_summary(exc)} "
+                "(the namespace was not changed; handle.result() raises it)",
+                file=sys.stderr,
+            )
+            return
+        _apply(shell, plan, outcome)
+    finally:
+        handle.namespace_updated()  # lets handle.result() return

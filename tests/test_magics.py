@@ -454,8 +454,9 @@ def test_async_returns_at_once_and_updates_namespace_when_done(shell, client):
     assert time.monotonic() - start < 0.9
     assert "finished" not in shell.user_ns
     handle = shell.user_ns["job"]
-    assert isinstance(handle, dc_jupyter.JobFuture)
-    assert wait_until(lambda: shell.user_ns.get("finished") == "yes", timeout=30)
+    assert isinstance(handle, dc_jupyter.CellFuture)
+    assert handle.result(timeout=30) is None  # the cell has no last expression
+    assert shell.user_ns.get("finished") == "yes"  # in the namespace once result() returns
     assert handle.done()
 
 
@@ -559,14 +560,16 @@ def test_async_map_returns_at_once_then_every_name_is_a_list_in_input_order(shel
     result, _, _ = run(
         shell,
         "%%distribute --async -o sweep --map x in [3, 1, 2, 0]\nimport time\n"
-        "time.sleep(0.5 * x)\nvalue = base + x\nsquare = x * x",
+        "time.sleep(0.5 * x)\nvalue = base + x\nsquare = x * x\nsquare",
     )
     returned = time.monotonic() - start
     handle = shell.user_ns["sweep"]
     assert result.error_in_exec is None and result.result is None
     assert not handle.done() and returned < 1.5  # element 3 alone sleeps 1.5 s
     assert "value" not in shell.user_ns and "square" not in shell.user_ns
-    assert wait_until(lambda: "square" in shell.user_ns, timeout=30)
+    assert isinstance(handle, dc_jupyter.SweepFuture)
+    # result() is each element's last value, and returns once the names are in
+    assert handle.result(timeout=30) == [9, 1, 4, 0]
     # all at once, each a list in input order (not in finishing order: 0, 1, 2, 3)
     assert shell.user_ns["value"] == [13, 11, 12, 10]
     assert shell.user_ns["square"] == [9, 1, 4, 0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import html
 import os
 import pty
 import struct
@@ -47,6 +48,14 @@ CELLS = {
     # The monitor draws a displayed handle's final state within 0.1 s of the end;
     # wait here so it is sent before the notebook is saved (TESTING.md).
     "wait": "mf.result()\ntime.sleep(0.6)",
+    # %%distribute in each form
+    "load": "%load_ext dc_jupyter",
+    "cell": "%%distribute\nimport time\ntime.sleep(0.3)\nanswer = 6 * 7\nanswer",
+    "async cell": "%%distribute --async -o h\nimport time\ntime.sleep(0.5)\nlate = 'yes'\nlate",
+    # h.result() returns once `late` is in the namespace; the sleep lets the
+    # monitor draw the displayed handle's final state before the notebook is saved
+    "wait cell": "h.result()\ntime.sleep(0.6)\nlate",
+    "sweep": "%%distribute --map i in range(6)\nsquared = i * i",
 }
 
 
@@ -131,6 +140,39 @@ def test_notebook_keeps_final_widget_state_and_fallbacks(tmp_path, cluster):
     layout = state[button["state"]["layout"].removeprefix("IPY_MODEL_")]["state"]
     assert layout.get("display") == "none"  # the cancel button goes once done
     assert fallback(cells["live map handle"])["text/plain"].startswith("square.map: finished")
+
+    # %%distribute, sync: the job widget, labelled with the cell, shows its value
+    count = cells["cell"].execution_count
+    cell = widget_of(cells["cell"], state)
+    (line,) = [v for v in values(cell, "HTMLModel", "value") if "dcj-job" in v]
+    assert f"In[{count}] %%distribute" in line
+    assert "data-state='finished'" in line and "→ 42" in line, line
+    assert fallback(cells["cell"])["text/plain"].startswith(f"In[{count}] %%distribute: finished")
+    assert any(o.get("data", {}).get("text/plain") == "42" for o in cells["cell"].outputs)
+
+    # --async: the displayed handle, drawn final while a later cell waited on it
+    count = cells["async cell"].execution_count
+    handle = widget_of(cells["async cell"], state)
+    (line,) = [v for v in values(handle, "HTMLModel", "value") if "dcj-job" in v]
+    assert f"In[{count}] %%distribute" in line
+    assert "data-state='finished'" in line and "→ 'yes'" in html.unescape(line), line
+    (button,) = [m for m in handle if m["model_name"] == "ButtonModel"]
+    layout = state[button["state"]["layout"].removeprefix("IPY_MODEL_")]["state"]
+    assert layout.get("display") == "none"
+    assert cells["wait cell"].outputs[-1]["data"]["text/plain"] == "'yes'"
+
+    # --map: the sweep's bar at total, labelled with the cell
+    count = cells["sweep"].execution_count
+    sweep = widget_of(cells["sweep"], state)
+    (bar,) = [m["state"] for m in sweep if m["model_name"] == "IntProgressModel"]
+    assert (bar["value"], bar["max"], bar["bar_style"]) == (6, 6, "success")
+    assert any(
+        f"In[{count}] %%distribute --map i" in v and "finished" in v
+        for v in values(sweep, "HTMLModel", "value")
+    )
+    assert fallback(cells["sweep"])["text/plain"].startswith(
+        f"In[{count}] %%distribute --map i: finished, 6/6 done"
+    )
 
 
 # -- in this process: traffic, threads, fallbacks ----------------------------------
