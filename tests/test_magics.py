@@ -10,7 +10,7 @@ import traceback
 
 import numpy as np
 import pytest
-from conftest import scheduler_task_count, wait_until
+from conftest import BLOCK_PRELOAD, scheduler_task_count, wait_until
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
@@ -481,22 +481,37 @@ def test_timeout_raises_and_cancels_remote_work(shell, client):
     assert "slow" not in shell.user_ns
 
 
-def test_resources_reach_the_scheduler(shell, client):
-    # The test workers have no GPU: the task waits, showing its restriction.
-    run(shell, "%%distribute --async -o job --resources GPU=1,MEM=2\nx = 1")
-    handle = shell.user_ns["job"]
+def test_resources_reach_the_scheduler(shell, tmp_path):
+    # The session workers offer no resources (asking for some there is a clear
+    # error, see test_bad_input), so this uses one worker that offers them.
+    from distributed import Client
 
-    def restrictions():
-        return client.run_on_scheduler(
-            lambda dask_scheduler, key=handle.key: getattr(
-                dask_scheduler.tasks.get(key), "resource_restrictions", None
+    from dc_jupyter.process_cluster import ProcessCluster
+
+    with ProcessCluster(
+        n_workers=1,
+        worker_args=["--preload", BLOCK_PRELOAD, "--resources", "GPU=1,MEM=2"],
+        workdir=str(tmp_path),
+    ) as gpu:
+        try:
+            result, _, _ = run(
+                shell,
+                f"%%distribute --async -o job --scheduler {gpu.address} --resources GPU=1,MEM=2\n"
+                "import time\ntime.sleep(1.5)\nx = 1",
             )
-        )
-
-    assert wait_until(lambda: restrictions() == {"GPU": 1.0, "MEM": 2.0}, timeout=10)
-    assert not handle.done()
-    handle.cancel()
-    assert wait_until(lambda: restrictions() is None, timeout=10)
+            assert result.error_in_exec is None, result.error_in_exec
+            handle = shell.user_ns["job"]
+            with Client(gpu.address, timeout="30s", set_as_default=False) as c:
+                restrictions = c.run_on_scheduler(
+                    lambda dask_scheduler, key=handle.key: getattr(
+                        dask_scheduler.tasks.get(key), "resource_restrictions", None
+                    )
+                )
+            assert restrictions == {"GPU": 1.0, "MEM": 2.0}
+            handle.result(timeout=30)
+            assert shell.user_ns["x"] == 1
+        finally:
+            dc_jupyter.close()  # before its cluster stops
 
 
 def test_retries_rerun_a_failed_cell(shell, tmp_path):

@@ -222,7 +222,10 @@ class DaskBackend(Backend):
         return max(1, sum(self.client().nthreads().values()))
 
     def open_map(self, function_blob: bytes, options: Any) -> BatchChannel:
-        return _DaskBatches(self.client(), function_blob, options, scatter_threshold())
+        client = self.client()
+        if options.resources:  # a map no worker can run would wait forever, too
+            check_resources(client, options.resources, "this map")
+        return _DaskBatches(client, function_blob, options, scatter_threshold())
 
 
 class _DaskBatches(BatchChannel):
