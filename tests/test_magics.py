@@ -473,7 +473,11 @@ def test_async_failure_leaves_namespace_and_reports(shell):
 def test_timeout_raises_and_cancels_remote_work(shell, client):
     before = scheduler_task_count(client)
     start = time.monotonic()
-    result, _, _ = run(shell, "%%distribute --timeout 1\nimport time\ntime.sleep(30)\nslow = 1")
+    # short naps: stoppable on the worker, which the next tests share
+    result, _, _ = run(
+        shell,
+        "%%distribute --timeout 1\nimport time\nfor _ in range(600):\n    time.sleep(0.05)\nslow = 1",
+    )
     assert isinstance(result.error_in_exec, TimeoutError)
     assert "1 s" in str(result.error_in_exec) and "cancelled" in str(result.error_in_exec)
     assert time.monotonic() - start < 15

@@ -243,7 +243,8 @@ def test_cancel_button_cancels_the_remote_task(cluster, client, no_thread_leak, 
 
     @compute_this
     def sleepy(seconds):
-        time.sleep(seconds)
+        for _ in range(int(seconds / 0.05)):  # short naps: the cancel stops it on the worker
+            time.sleep(0.05)
         return seconds
 
     handle = sleepy(60).submit()
