@@ -1,6 +1,6 @@
 """dc_jupyter against bare Dask, side by side on one cluster, in one run.
 
-    PYTHONPATH=. python benchmarks/bench.py [--quick] [--out benchmarks/results]
+    PYTHONPATH=. python benchmarks/bench.py [--quick] [--widgets-only] [--out benchmarks/results]
 
 Starts its own ``dask scheduler`` and one-thread ``dask worker`` processes
 (``ProcessCluster``), prints each measurement with its ratio and target, and
@@ -184,23 +184,50 @@ def large_argument(address: str, megabytes: int, repeats: int) -> dict:
 
 
 def widget_updates(small: int, large: int) -> dict:
-    """(5) widget updates sent for a small and a large map (needs dc_jupyter.widgets)."""
-    try:
-        from dc_jupyter import widgets  # noqa: F401
-    except ImportError:
-        return {"result": "n/a (widgets not merged)"}
-    counter = getattr(widgets, "count_updates", None)
-    if counter is None:
-        return {"result": "n/a (dc_jupyter.widgets has no count_updates(n_items) yet)"}
-    counts = {small: counter(small), large: counter(large)}
-    return {"updates": counts, "ratio": counts[large] / max(counts[small], 1)}
+    """(5) widget updates sent for a small and a large map, on a cluster of its own.
+
+    ``widget_traffic.count_updates`` runs each map with a live ``MapView``
+    whose comms count what they send. Target: updates per second about the
+    same (<= ~60/s: ~10 refreshes of ~6 values), whatever the number of items.
+    """
+    from dc_jupyter.widget_traffic import count_updates
+
+    with ProcessCluster(n_workers=2) as cluster:
+        try:
+            dc_jupyter.connect(cluster.address)
+            # A short map must last long enough to move: 0.15 s per item.
+            runs = {small: count_updates(small, delay=0.15), large: count_updates(large)}
+        finally:
+            dc_jupyter.close()
+    return {
+        str(n): {
+            "updates": t.updates,
+            "bar_updates": t.bar_updates,
+            "tasks": t.tasks,
+            "seconds": round(t.seconds, 3),
+            "updates_per_s": round(t.updates_per_second, 1),
+        }
+        for n, t in runs.items()
+    }
+
+
+def print_widget_updates(w: dict) -> None:
+    for n, t in w.items():
+        print(f"(5) widget updates, {int(n):,} items ({t['tasks']} tasks, {t['seconds']:.2f} s): "
+              f"{t['updates']} updates, {t['updates_per_s']:.1f}/s "
+              "(target: about the same per second for any number of items)",
+              flush=True)  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, smaller sizes")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--widgets-only", action="store_true", help="only (5), widget updates")
     args = parser.parse_args()
+    if args.widgets_only:
+        print_widget_updates(widget_updates(10, 200_000))
+        return 0
     quick = args.quick
     report: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -254,7 +281,7 @@ def main() -> int:
         for c in sc_clusters.values():
             c.stop()
     report["widgets"] = w = widget_updates(10, 200_000)
-    print(f"(5) widget updates 10 vs 200,000 items: {w.get('result') or w}", flush=True)
+    print_widget_updates(w)
     peer = ipyparallel_map(20_000 if quick else 200_000, 2)
     report["ipyparallel"] = peer or "not installed"
     if peer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import config  # noqa: F401  (loads the shipped defaults into dask.config)
 from .backends import Backend
+from .cell_handle import CellFuture, SweepFuture
 from .connection import close, connect, current_client, start_local
 from .decorator import JobOptions, RemoteFunction, compute_this
 from .errors import (
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
+    "CellFuture",
     "DcJupyterError",
     "Job",
     "JobFuture",
@@ -35,6 +37,7 @@ __all__ = [
     "RemoteFunction",
     "SchedulerUnreachableError",
     "SerializationError",
+    "SweepFuture",
     "VersionMismatchError",
     "WorkerCrashError",
     "close",

@@ -15,7 +15,6 @@ import sys
 import time
 import types
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,13 +23,13 @@ from IPython.core.error import UsageError
 from . import _cell_worker, serialize
 from .backends.dask_backend import DaskBackend
 from .cell_analysis import CellAnalysis, analyze_cell
+from .cell_handle import CellFuture, SweepFuture
 from .cell_output import CellOutput
 from .decorator import JobOptions, RemoteFunction
-from .display import watching
+from .display import show, watching
 from .errors import SerializationError
 from .handle import format_exception_summary
 from .mapping import MapJob
-from .render import short_repr
 
 __all__ = ["CellOptions", "run_cell"]
 
@@ -68,35 +67,42 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
     options = options or CellOptions()
     plan = _plan(shell, cell, options, header)
     remote = RemoteFunction(_cell_worker.run_cell, _job_options(options))
-    remote.__name__ = "cell"
+    remote.__name__ = "cell"  # Dask keys: cell-<id>, cell-map-<token>-<batch>
     backend = remote.backend()
     client = backend.client() if isinstance(backend, DaskBackend) else None
     cell_id = f"cell-{uuid.uuid4().hex}"
     args = plan.worker_args(cell_id)
+    label = _label(shell, options)
     if options.map_name is None:
         job = remote(*args)
         job.key = cell_id
         output = _listen(client, cell_id, 1, options.run_async)
-        handle = _submit(job, output)
-        handle.preview = _preview if plan.analysis.has_result else lambda _raw: ""
+        handle = CellFuture.adopt(_submit(job, output), label, options.run_async)
     else:
+        # One item per element; the map batches them like any map (one element
+        # per task until it has measured that they are quick).
         n = len(plan.elements)
         columns = [[a] * n for a in args] + [range(n), [options.map_name] * n, plan.elements]
-        job = MapJob(remote, tuple(columns))  # each element's output carries its index
         output = _listen(client, cell_id, n, options.run_async)
-        handle = _submit(job, output)
+        handle = SweepFuture(
+            _submit(MapJob(remote, tuple(columns)), output), label, options.run_async
+        )
     if options.out:
         shell.user_ns[options.out] = handle
     if options.run_async:
-        _when_done(handle, lambda: _finish_async(shell, plan, handle, output))
-        from IPython.display import display
-
-        display(handle)
+        handle.add_done_callback(lambda _: _finish_async(shell, plan, handle, output))
+        show(handle, label)
         return None
-    with watching(handle):
+    with watching(handle, label):
         _wait(handle, output, _job_options(options).timeout)
-        outcome = _outcome(plan, handle.result())
+        outcome = _outcome(plan, handle)
     return _apply(shell, plan, outcome)
+
+
+def _label(shell: Any, options: CellOptions) -> str:
+    """What the widget calls the cell: ``In[7] %%distribute`` (``--map x`` for a sweep)."""
+    label = f"In[{shell.execution_count}] %%distribute"
+    return f"{label} --map {options.map_name}" if options.map_name else label
 
 
 # -- before sending ----------------------------------------------------------------------
@@ -272,10 +278,11 @@ def _wait(handle: Any, output: CellOutput | None, timeout: float | None) -> None
         output.finish()
 
 
-def _outcome(plan: _Plan, raw: Any) -> dict:
+def _outcome(plan: _Plan, handle: Any) -> dict:
+    """The cell's decoded outcome; a sweep's parts merged into lists in input order."""
     if plan.options.map_name is None:
-        return serialize.loads_result(raw)
-    parts = [serialize.loads_result(blob) for blob in raw]
+        return handle.outcome()
+    parts = handle.parts()
     values = {
         name: [part["values"].get(name) for part in parts]
         for name in plan.names
@@ -284,11 +291,6 @@ def _outcome(plan: _Plan, raw: Any) -> dict:
     skipped = {k: v for part in parts for k, v in part.get("skipped", {}).items()}
     results = [part["result"] for part in parts]
     return {"values": values, "deleted": [], "result": results, "skipped": skipped}
-
-
-def _preview(raw: bytes) -> str:
-    """The widget's preview of a finished cell: its result, not the pickled outcome."""
-    return short_repr(serialize.loads_result(raw)["result"])
 
 
 def _apply(shell: Any, plan: _Plan, outcome: dict) -> Any:
@@ -342,29 +344,19 @@ def _from_cell(func_globals: dict, user_ns: dict) -> bool:
 # -- --async -----------------------------------------------------------------------------
 
 
-def _when_done(handle: Any, callback: Callable[[], None]) -> None:
-    futures = getattr(handle, "futures", None) or [handle]
-    remaining = [len(futures)]
-
-    def one_done(_future: Any) -> None:
-        remaining[0] -= 1
-        if remaining[0] == 0:
-            callback()
-
-    for future in futures:
-        future.add_done_callback(one_done)
-
-
 def _finish_async(shell: Any, plan: _Plan, handle: Any, output: CellOutput | None) -> None:
-    if output is not None:
-        output.finish()
     try:
-        outcome = _outcome(plan, handle.result())
-    except BaseException as exc:
-        print(
-            f"%%distribute --async cell failed: {format_exception_summary(exc)} "
-            "(the namespace was not changed; handle.result() raises it)",
-            file=sys.stderr,
-        )
-        return
-    _apply(shell, plan, outcome)
+        if output is not None:
+            output.finish()
+        try:
+            outcome = _outcome(plan, handle)
+        except BaseException as exc:
+            print(
+                f"%%distribute --async cell failed: {format_exception_summary(exc)} "
+                "(the namespace was not changed; handle.result() raises it)",
+                file=sys.stderr,
+            )
+            return
+        _apply(shell, plan, outcome)
+    finally:
+        handle.namespace_updated()  # lets handle.result() return

@@ -85,8 +85,10 @@ def show(handle: Any, label: str | None = None) -> None:
 
     if _is_map(handle):
         state = render.map_state(handle)
+        state.name = label or state.name
         text, markup = render.map_text(state), render.map_html(state)
     else:
         state = render.job_state(handle)
+        state.name = label or state.name
         text, markup = render.job_text(state), render.job_html(state)
     display({"text/plain": text, "text/html": markup}, raw=True)

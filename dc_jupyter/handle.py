@@ -227,4 +227,6 @@ def cancel_many(handles: list[JobFuture]) -> bool:
 
 def format_exception_summary(exc: BaseException) -> str:
     """The one-line summary of an exception, as the last line of a traceback shows it."""
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
+    summary = traceback.TracebackException(type(exc), exc, None, compact=True)
+    summary.__notes__ = None  # notes (e.g. "raised by item 3 of f.map") come after that line
+    return "".join(summary.format_exception_only()).strip().splitlines()[-1]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError
 from concurrent.futures import Future as ConcurrentFuture
 from dataclasses import dataclass, field
@@ -172,6 +173,7 @@ class MapFuture:
         self._collector: threading.Thread | None = None
         self._ready: list[tuple[int, Any]] = []  # finished Dask batches not fetched yet
         self._ready_event = threading.Event()
+        self._callbacks: list[Callable[[MapFuture], Any]] = []
         if not items:
             self._finish()
         else:
@@ -322,6 +324,8 @@ class MapFuture:
                 self._sizer.record(count, meta["busy"])
             if self._done + self._failed + self._cancelled >= self.total:
                 self._finish()
+        if self._finished.is_set():
+            self._run_callbacks()
 
     def _finish(self) -> None:
         self._stopped = True
@@ -437,7 +441,28 @@ class MapFuture:
             self._finish()
         if futures and channel is not None:
             channel.cancel(futures)  # drops queued batches, stops running ones on workers
+        self._run_callbacks()
         return True
+
+    def add_done_callback(self, fn: Callable[[MapFuture], Any]) -> None:
+        """Call ``fn(self)`` once every item has ended (at once if they have).
+
+        Runs outside the map's lock, in the thread that settled the last item;
+        errors in ``fn`` are logged, not raised.
+        """
+        with self._lock:
+            if not self._finished.is_set():
+                self._callbacks.append(fn)
+                return
+        _call_logged(fn, self)
+
+    def _run_callbacks(self) -> None:
+        with self._lock:
+            if not self._finished.is_set():
+                return
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:  # each exactly once: taken out under the lock
+            _call_logged(fn, self)
 
     def __repr__(self) -> str:
         return f"<MapFuture {self.name} {self.counts()}>"
@@ -464,6 +489,13 @@ class _ResultWith:
 
     def cancel(self) -> bool:
         return self.handle.cancel()
+
+
+def _call_logged(fn: Callable[[MapFuture], Any], handle: MapFuture) -> None:
+    try:
+        fn(handle)
+    except Exception:
+        logging.getLogger(__name__).exception("dc_jupyter: a done-callback raised")
 
 
 def _channel_threshold(channel: BatchChannel) -> int:

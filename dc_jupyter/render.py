@@ -50,6 +50,15 @@ def duration(seconds: float) -> str:
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
 
 
+def display_name(handle: Any) -> str:
+    """What a display calls ``handle``: its ``label`` if it has one (a cell's
+    ``In[7] %%distribute``), else ``square`` for a job, ``square.map`` for a map."""
+    label = getattr(handle, "label", None)
+    if label:
+        return label
+    return f"{handle.name}.map" if callable(getattr(handle, "progress", None)) else handle.name
+
+
 def short_worker(address: str) -> str:
     """``tcp://10.0.0.5:40123`` -> ``10.0.0.5:40123``."""
     return address.split("://", 1)[-1]
@@ -100,9 +109,7 @@ def job_state(
     awaiting = False
     if state == "finished" and (fetch or _fetched(handle)):
         try:
-            # A handle may say how to preview its raw result (a cell's is a pickled outcome).
-            preview = getattr(handle, "preview", None) or short_repr
-            text = preview(handle.result())
+            text = short_repr(handle.result())
             detail = f"→ {text}" if text else ""
         except Exception as exc:  # e.g. the result cannot be unpickled here
             state, detail = "failed", _summary(exc)
@@ -115,7 +122,7 @@ def job_state(
             exc = err
         detail = _summary(exc) if exc is not None else ""
     return JobState(
-        name=handle.name,
+        name=display_name(handle),
         state=state,
         elapsed=time.monotonic() - getattr(handle, "submitted_at", time.monotonic()),
         worker=worker if state == "running" else None,
@@ -231,7 +238,7 @@ def map_state(handle: Any) -> MapState:
     p = handle.progress()
     started = p.started_at or time.monotonic()
     return MapState(
-        name=handle.name,
+        name=display_name(handle),
         total=p.total,
         done=p.done,
         failed=p.failed,
@@ -273,7 +280,7 @@ def per_worker_text(per_worker: dict[str, int], limit: int = 8) -> str:
 
 
 def map_text(s: MapState) -> str:
-    text = f"{s.name}.map: {s.state}, {map_counts(s)}"
+    text = f"{s.name}: {s.state}, {map_counts(s)}"
     workers = per_worker_text(s.per_worker)
     return f"{text}\n  per worker: {workers}" if workers else text
 
@@ -287,7 +294,7 @@ def map_html(s: MapState) -> str:
     )
     return (
         f"<div class='dcj-map' data-state='{s.state}' style='font-family:sans-serif;"
-        f"font-size:13px;padding:2px 0'><b>{html.escape(s.name)}.map</b> "
+        f"font-size:13px;padding:2px 0'><b>{html.escape(s.name)}</b> "
         f"<span style='color:{colour};font-weight:bold'>{s.state}</span> "
         f"<span style='display:inline-block;width:200px;height:10px;background:#e9ecef;"
         f"vertical-align:middle'><span style='display:block;height:100%;"

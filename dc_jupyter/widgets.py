@@ -50,7 +50,7 @@ class LiveView:
 
     def __init__(self, handle: Any, label: str | None = None, cancellable: bool = False) -> None:
         self.handle = handle
-        self.label = label or handle.name
+        self.label = label or render.display_name(handle)
         self.finished = False
         # A blocking wait fetches the result itself; a displayed handle has no waiter.
         self.fetch_results = cancellable
@@ -183,7 +183,7 @@ class MapView(LiveView):
         _set(
             self.title,
             "value",
-            f"<b>{state.name}.map</b> <span style='color:{colour};font-weight:bold'>"
+            f"<b>{state.name}</b> <span style='color:{colour};font-weight:bold'>"
             f"{state.state}</span>",
         )
         _set(self.bar, "value", state.ended if state.total else 1)

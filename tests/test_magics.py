@@ -10,7 +10,7 @@ import traceback
 
 import numpy as np
 import pytest
-from conftest import scheduler_task_count, wait_until
+from conftest import BLOCK_PRELOAD, scheduler_task_count, wait_until
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
@@ -454,8 +454,9 @@ def test_async_returns_at_once_and_updates_namespace_when_done(shell, client):
     assert time.monotonic() - start < 0.9
     assert "finished" not in shell.user_ns
     handle = shell.user_ns["job"]
-    assert isinstance(handle, dc_jupyter.JobFuture)
-    assert wait_until(lambda: shell.user_ns.get("finished") == "yes", timeout=30)
+    assert isinstance(handle, dc_jupyter.CellFuture)
+    assert handle.result(timeout=30) is None  # the cell has no last expression
+    assert shell.user_ns.get("finished") == "yes"  # in the namespace once result() returns
     assert handle.done()
 
 
@@ -472,7 +473,11 @@ def test_async_failure_leaves_namespace_and_reports(shell):
 def test_timeout_raises_and_cancels_remote_work(shell, client):
     before = scheduler_task_count(client)
     start = time.monotonic()
-    result, _, _ = run(shell, "%%distribute --timeout 1\nimport time\ntime.sleep(30)\nslow = 1")
+    # short naps: stoppable on the worker, which the next tests share
+    result, _, _ = run(
+        shell,
+        "%%distribute --timeout 1\nimport time\nfor _ in range(600):\n    time.sleep(0.05)\nslow = 1",
+    )
     assert isinstance(result.error_in_exec, TimeoutError)
     assert "1 s" in str(result.error_in_exec) and "cancelled" in str(result.error_in_exec)
     assert time.monotonic() - start < 15
@@ -480,40 +485,37 @@ def test_timeout_raises_and_cancels_remote_work(shell, client):
     assert "slow" not in shell.user_ns
 
 
-@pytest.fixture(scope="module")
-def gpu_cluster(tmp_path_factory):
-    """One worker that offers GPU=1 and MEM=2 (the session workers offer none)."""
-    from dc_jupyter.process_cluster import ProcessCluster
-
-    c = ProcessCluster(
-        n_workers=1,
-        worker_args=["--resources", "GPU=1,MEM=2"],
-        workdir=str(tmp_path_factory.mktemp("gpu")),
-    )
-    c.start()
-    yield c
-    c.stop()
-
-
-def test_resources_reach_the_scheduler(shell, gpu_cluster):
+def test_resources_reach_the_scheduler(shell, tmp_path):
+    # The session workers offer no resources (asking for some there is a clear
+    # error, see test_bad_input), so this uses one worker that offers them.
     from distributed import Client
 
-    cell = "import time\ntime.sleep(1.5)\nx = 1"
-    run(shell, f"%%distribute --async -o job --scheduler {gpu_cluster.address} "
-               f"--resources GPU=1,MEM=2\n{cell}")  # fmt: skip
-    handle = shell.user_ns["job"]
-    with Client(gpu_cluster.address, set_as_default=False) as client:
+    from dc_jupyter.process_cluster import ProcessCluster
 
-        def restrictions():
-            return client.run_on_scheduler(
-                lambda dask_scheduler, key=handle.key: getattr(
-                    dask_scheduler.tasks.get(key), "resource_restrictions", None
-                )
+    with ProcessCluster(
+        n_workers=1,
+        worker_args=["--preload", BLOCK_PRELOAD, "--resources", "GPU=1,MEM=2"],
+        workdir=str(tmp_path),
+    ) as gpu:
+        try:
+            result, _, _ = run(
+                shell,
+                f"%%distribute --async -o job --scheduler {gpu.address} --resources GPU=1,MEM=2\n"
+                "import time\ntime.sleep(1.5)\nx = 1",
             )
-
-        assert wait_until(lambda: restrictions() == {"GPU": 1.0, "MEM": 2.0}, timeout=10)
-        handle.result(timeout=30)
-    assert wait_until(lambda: shell.user_ns.get("x") == 1, timeout=10)
+            assert result.error_in_exec is None, result.error_in_exec
+            handle = shell.user_ns["job"]
+            with Client(gpu.address, timeout="30s", set_as_default=False) as c:
+                restrictions = c.run_on_scheduler(
+                    lambda dask_scheduler, key=handle.key: getattr(
+                        dask_scheduler.tasks.get(key), "resource_restrictions", None
+                    )
+                )
+            assert restrictions == {"GPU": 1.0, "MEM": 2.0}
+            handle.result(timeout=30)
+            assert shell.user_ns["x"] == 1
+        finally:
+            dc_jupyter.close()  # before its cluster stops
 
 
 def test_resources_no_worker_has_are_refused_before_sending(shell, client):
@@ -579,6 +581,50 @@ def test_map_failure_names_the_element(shell):
     assert isinstance(exc, ZeroDivisionError)
     assert any("item 1" in note for note in getattr(exc, "__notes__", []))
     assert "r" not in shell.user_ns
+
+
+def test_async_map_returns_at_once_then_every_name_is_a_list_in_input_order(shell):
+    shell.user_ns["base"] = 10
+    start = time.monotonic()
+    result, _, _ = run(
+        shell,
+        "%%distribute --async -o sweep --map x in [3, 1, 2, 0]\nimport time\n"
+        "time.sleep(0.5 * x)\nvalue = base + x\nsquare = x * x\nsquare",
+    )
+    returned = time.monotonic() - start
+    handle = shell.user_ns["sweep"]
+    assert result.error_in_exec is None and result.result is None
+    assert not handle.done() and returned < 1.5  # element 3 alone sleeps 1.5 s
+    assert "value" not in shell.user_ns and "square" not in shell.user_ns
+    assert isinstance(handle, dc_jupyter.SweepFuture)
+    # result() is each element's last value, and returns once the names are in
+    assert handle.result(timeout=30) == [9, 1, 4, 0]
+    # all at once, each a list in input order (not in finishing order: 0, 1, 2, 3)
+    assert shell.user_ns["value"] == [13, 11, 12, 10]
+    assert shell.user_ns["square"] == [9, 1, 4, 0]
+    assert handle.done() and handle.status == "finished"
+    assert "x" not in shell.user_ns
+
+
+def test_async_map_failure_leaves_namespace_untouched(shell):
+    import contextlib
+    import io
+
+    shell.user_ns["kept"] = "before"
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):  # where the done-callback reports
+        result, _, _ = run(
+            shell,
+            "%%distribute --async -o sweep --map v in [1, 0, 2]\nkept = 'after'\nr = 1 / v",
+        )
+        assert result.error_in_exec is None
+        handle = shell.user_ns["sweep"]
+        with pytest.raises(ZeroDivisionError) as raised:
+            handle.result(timeout=30)
+        assert any("item 1" in note for note in raised.value.__notes__)
+        assert wait_until(lambda: "namespace was not changed" in stderr.getvalue(), timeout=10)
+    assert "ZeroDivisionError" in stderr.getvalue()
+    assert shell.user_ns["kept"] == "before" and "r" not in shell.user_ns
 
 
 # -- live output ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import html
 import os
 import pty
 import re
@@ -48,6 +49,14 @@ CELLS = {
     # The monitor draws a displayed handle's final state within 0.1 s of the end;
     # wait here so it is sent before the notebook is saved (TESTING.md).
     "wait": "mf.result()\ntime.sleep(0.6)",
+    # %%distribute in each form
+    "load": "%load_ext dc_jupyter",
+    "cell": "%%distribute\nimport time\ntime.sleep(0.3)\nanswer = 6 * 7\nanswer",
+    "async cell": "%%distribute --async -o h\nimport time\ntime.sleep(0.5)\nlate = 'yes'\nlate",
+    # h.result() returns once `late` is in the namespace; the sleep lets the
+    # monitor draw the displayed handle's final state before the notebook is saved
+    "wait cell": "h.result()\ntime.sleep(0.6)\nlate",
+    "sweep": "%%distribute --map i in range(6)\nsquared = i * i",
 }
 
 
@@ -133,69 +142,81 @@ def test_notebook_keeps_final_widget_state_and_fallbacks(tmp_path, cluster):
     assert layout.get("display") == "none"  # the cancel button goes once done
     assert fallback(cells["live map handle"])["text/plain"].startswith("square.map: finished")
 
+    # %%distribute, sync: the job widget, labelled with the cell, shows its value
+    count = cells["cell"].execution_count
+    cell = widget_of(cells["cell"], state)
+    (line,) = [v for v in values(cell, "HTMLModel", "value") if "dcj-job" in v]
+    assert f"In[{count}] %%distribute" in line
+    assert "data-state='finished'" in line and "→ 42" in line, line
+    assert fallback(cells["cell"])["text/plain"].startswith(f"In[{count}] %%distribute: finished")
+    assert any(o.get("data", {}).get("text/plain") == "42" for o in cells["cell"].outputs)
+
+    # --async: the displayed handle, drawn final while a later cell waited on it
+    count = cells["async cell"].execution_count
+    handle = widget_of(cells["async cell"], state)
+    (line,) = [v for v in values(handle, "HTMLModel", "value") if "dcj-job" in v]
+    assert f"In[{count}] %%distribute" in line
+    assert "data-state='finished'" in line and "→ 'yes'" in html.unescape(line), line
+    (button,) = [m for m in handle if m["model_name"] == "ButtonModel"]
+    layout = state[button["state"]["layout"].removeprefix("IPY_MODEL_")]["state"]
+    assert layout.get("display") == "none"
+    assert cells["wait cell"].outputs[-1]["data"]["text/plain"] == "'yes'"
+
+    # --map: the sweep's bar at total, labelled with the cell
+    count = cells["sweep"].execution_count
+    sweep = widget_of(cells["sweep"], state)
+    (bar,) = [m["state"] for m in sweep if m["model_name"] == "IntProgressModel"]
+    assert (bar["value"], bar["max"], bar["bar_style"]) == (6, 6, "success")
+    assert any(
+        f"In[{count}] %%distribute --map i" in v and "finished" in v
+        for v in values(sweep, "HTMLModel", "value")
+    )
+    assert fallback(cells["sweep"])["text/plain"].startswith(
+        f"In[{count}] %%distribute --map i: finished, 6/6 done"
+    )
+
 
 # -- in this process: traffic, threads, fallbacks ----------------------------------
 
 
 @pytest.fixture
-def comm_messages(monkeypatch):
+def comm_messages():
     """Count the comm messages widgets send.
 
     There is no front end in this process, so ipywidgets' comm is the ``comm``
     package's DummyComm (what it uses outside a kernel) plus a counter.
     """
-    import comm
+    from dc_jupyter.widget_traffic import counting_comms
 
-    sent: list[dict] = []
-
-    class CountingComm(comm.DummyComm):
-        def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
-            sent.append({"type": msg_type, "data": data})
-
-    monkeypatch.setattr(comm, "create_comm", lambda **kw: CountingComm(**kw))
-    return sent
-
-
-def updates(sent: list[dict]) -> int:
-    return sum(1 for m in sent if m["type"] == "comm_msg" and m["data"]["method"] == "update")
-
-
-def watched_map(items: int, delay: float, sent: list[dict]) -> tuple[int, float]:
-    """Map ``items`` on two threads, watch it with the widget; (updates, seconds watched)."""
-    from dc_jupyter import widgets
-
-    with ThreadPoolExecutor(2) as pool:
-
-        @compute_this(backend=pool)
-        def nap(x):
-            if delay:
-                time.sleep(delay)
-            return x
-
-        handle = nap.map(range(items)).submit()
-        before = updates(sent)
-        started = time.monotonic()
-        view = widgets.watch(handle)
-        handle.result(timeout=120)
-        view.close()
-        seconds = time.monotonic() - started
-    assert view.bar.value == items and view.state.finished
-    return updates(sent) - before, seconds
+    with counting_comms() as sent:
+        yield sent
 
 
 #: Widget values a map view can change in one refresh (title, bar, style, counts, workers).
 PER_REFRESH = 6
 
 
-def test_widget_traffic_grows_with_time_not_items(comm_messages, no_thread_leak, capsys):
-    small, small_s = watched_map(10, 0.15, comm_messages)  # ~0.8 s on two threads
-    large, large_s = watched_map(200_000, 0.0, comm_messages)
-    print(f"10 items: {small} updates in {small_s:.2f} s; 200,000: {large} in {large_s:.2f} s")
-    for count, seconds in ((small, small_s), (large, large_s)):
-        # at most ~10 refreshes a second, plus the first and the final one
-        assert count <= PER_REFRESH * (seconds / monitor.INTERVAL + 3), (count, seconds)
-    assert small >= 4  # it did move while waiting
-    assert large < 20_000 / 10  # nowhere near one per item
+def test_widget_traffic_grows_with_time_not_items(cluster, no_thread_leak, capsys):
+    """A real batched map on the session cluster, watched by a live MapView whose
+    comms count what they send (``widget_traffic.counting_comms``)."""
+    from dc_jupyter.widget_traffic import count_updates
+
+    dc_jupyter.connect(cluster.address)
+    small = count_updates(10, delay=0.15)  # ~0.8 s on two workers
+    large = count_updates(200_000)  # batched: well under a second here
+    with capsys.disabled():
+        for t in (small, large):
+            print(f"\n{t.items:,} items in {t.tasks} tasks, {t.seconds:.2f} s: "
+                  f"{t.updates} widget updates ({t.bar_updates} of the bar)")  # fmt: skip
+    for t in (small, large):
+        refreshes = t.seconds / monitor.INTERVAL + 3  # ~10 a second, the first, the final
+        assert t.bar_updates <= refreshes, t
+        assert t.updates <= PER_REFRESH * refreshes, t
+    assert small.bar_updates >= 4  # it did move while waiting
+    # Discriminating: the large map went out in more tasks than the monitor can
+    # refresh in its time, so a bar update per task (let alone per item) would
+    # have broken the bound above.
+    assert large.tasks > large.seconds / monitor.INTERVAL + 3, large
 
 
 def test_job_view_turns_red_and_stops_its_thread(no_thread_leak, comm_messages):
@@ -223,7 +244,8 @@ def test_cancel_button_cancels_the_remote_task(cluster, client, no_thread_leak, 
 
     @compute_this
     def sleepy(seconds):
-        time.sleep(seconds)
+        for _ in range(int(seconds / 0.05)):  # short naps: the cancel stops it on the worker
+            time.sleep(0.05)
         return seconds
 
     handle = sleepy(60).submit()
