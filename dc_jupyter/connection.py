@@ -127,6 +127,7 @@ def client_for_address(address: str, timeout: float | str | None = None) -> Any:
         raise ValueError(
             f"A scheduler address is a string like 'tcp://10.0.0.5:8786', not {address!r}"
         )
+    _check_host_port(address)
     with _lock:
         client = _by_address.get(address)
         if not _usable(client):
@@ -134,6 +135,21 @@ def client_for_address(address: str, timeout: float | str | None = None) -> Any:
                 _close_quietly(client)
             client = _by_address[address] = _open_client(address, timeout)
         return client
+
+
+def _check_host_port(address: str) -> None:
+    """Refuse a malformed tcp/tls address here, before Dask starts a client for it."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme in ("tcp", "tls"):
+        try:
+            parse_host_port(location)
+        except ValueError as exc:
+            raise ValueError(
+                f"{address!r} is not a scheduler address: {exc}. Use 'tcp://HOST:PORT', "
+                "e.g. 'tcp://10.0.0.5:8786'."
+            ) from None
 
 
 def connect(
