@@ -27,7 +27,7 @@ _PLUMBING = (
     "/distributed/",
     "/dc_jupyter/",
     "<dynamic-code>",
-    "/dc_jupyter_worker_",  # the worker module as uploaded to the cluster (worker_module)
+    "dc_jupyter_worker_",  # the worker module as installed on the cluster (worker_module)
     "concurrent/futures/",
     "/tornado/",
 )

@@ -16,11 +16,12 @@ from typing import Any
 
 import cloudpickle
 
-from . import _worker
+from . import _install_plugins, _worker
 from .errors import SerializationError
 
 # Workers don't have dc_jupyter: ship the worker-side module's code by value.
 cloudpickle.register_pickle_by_value(_worker)
+cloudpickle.register_pickle_by_value(_install_plugins)
 
 
 def _code_reduce_keeping_filename(code: types.CodeType) -> tuple:
