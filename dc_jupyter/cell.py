@@ -77,7 +77,9 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
         job = remote(*args)
         job.key = cell_id
         output = _listen(client, cell_id, 1, options.run_async)
-        handle = CellFuture.adopt(_submit(job, output), label, options.run_async)
+        handle = CellFuture.adopt(
+            _submit(job, output), label, options.run_async, plan.analysis.has_result
+        )
     else:
         # One item per element; the map batches them like any map (one element
         # per task until it has measured that they are quick).

@@ -34,9 +34,12 @@ class CellFuture(JobFuture):
     """
 
     label: str = "cell"
+    has_result: bool = True  # False when the cell ends with a statement: no preview
 
     @classmethod
-    def adopt(cls, handle: JobFuture, label: str, run_async: bool = False) -> CellFuture:
+    def adopt(
+        cls, handle: JobFuture, label: str, run_async: bool = False, has_result: bool = True
+    ) -> CellFuture:
         """Wrap the backend's handle of a cell's job (same task, same cancelling).
 
         With ``run_async``, ``result()`` waits for ``namespace_updated()`` too.
@@ -51,6 +54,7 @@ class CellFuture(JobFuture):
         )
         cell.submitted_at = handle.submitted_at
         cell.label = label
+        cell.has_result = has_result
         cell._outcome: dict | None = None
         cell._decode_lock = threading.Lock()
         cell._namespace = threading.Event()

@@ -109,7 +109,8 @@ def job_state(
     awaiting = False
     if state == "finished" and (fetch or _fetched(handle)):
         try:
-            text = short_repr(handle.result())
+            has_result = getattr(handle, "has_result", True)  # a cell may end with a statement
+            text = short_repr(handle.result()) if has_result else ""
             detail = f"→ {text}" if text else ""
         except Exception as exc:  # e.g. the result cannot be unpickled here
             state, detail = "failed", _summary(exc)
