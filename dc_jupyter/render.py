@@ -110,8 +110,12 @@ def job_state(
     if state == "finished" and (fetch or _fetched(handle)):
         try:
             has_result = getattr(handle, "has_result", True)  # a cell may end with a statement
-            text = short_repr(handle.result()) if has_result else ""
+            # Bounded: an --async cell's result also waits for its namespace update,
+            # and the monitor thread must never hang on it; it retries next tick.
+            text = short_repr(handle.result(timeout=None if fetch else 0.2)) if has_result else ""
             detail = f"→ {text}" if text else ""
+        except TimeoutError:
+            awaiting = True
         except Exception as exc:  # e.g. the result cannot be unpickled here
             state, detail = "failed", _summary(exc)
     elif state == "finished":

@@ -85,6 +85,18 @@ def scheduler_task_count(client) -> int:
     return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
 
 
+def ipython_shell():
+    """The one IPython shell of this test process.
+
+    ``start_ipython()`` returns it only on its first call, and a second kind of
+    shell would clash with it, so every test gets it from here.
+    """
+    from IPython.terminal.interactiveshell import TerminalInteractiveShell
+    from IPython.testing.globalipapp import start_ipython
+
+    return start_ipython() or TerminalInteractiveShell.instance()
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
     import time

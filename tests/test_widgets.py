@@ -264,10 +264,10 @@ def test_cancel_button_cancels_the_remote_task(cluster, client, no_thread_leak, 
 
 
 def test_terminal_ipython_shows_text_not_widgets(no_thread_leak):
-    from IPython.core.interactiveshell import InteractiveShell
+    from conftest import ipython_shell
     from IPython.utils.capture import capture_output
 
-    shell = InteractiveShell.instance()
+    shell = ipython_shell()  # the magic tests' shell: a second kind would clash
     shell.user_ns["compute_this"] = compute_this
     with capture_output() as captured:
         result = shell.run_cell(
