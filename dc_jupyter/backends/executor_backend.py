@@ -13,10 +13,6 @@ if TYPE_CHECKING:
     from ..job import Job
 
 
-def _run_after(deps: list[Future], payload: bytes) -> bytes:
-    return _worker.run_job(payload, *[dep.result() for dep in deps])
-
-
 class ExecutorBackend(Backend):
     """Runs each job as ``executor.submit(run_job, payload, *dependency_results)``.
 
