@@ -22,7 +22,7 @@ from pathlib import Path
 
 import dc_jupyter
 from dc_jupyter import compute_this
-from dc_jupyter.process_cluster import ProcessCluster
+from dc_jupyter.tools.cluster import ProcessCluster
 
 
 def trivial(x):
@@ -190,7 +190,7 @@ def widget_updates(small: int, large: int) -> dict:
     whose comms count what they send. Target: updates per second about the
     same (<= ~60/s: ~10 refreshes of ~6 values), whatever the number of items.
     """
-    from dc_jupyter.widget_traffic import count_updates
+    from dc_jupyter.tools.widget_traffic import count_updates
 
     with ProcessCluster(n_workers=2) as cluster:
         try:

@@ -6,21 +6,21 @@
 
 from __future__ import annotations
 
-from . import config  # noqa: F401  (loads the shipped defaults into dask.config)
-from .backends import Backend
-from .cell_handle import CellFuture, SweepFuture
-from .connection import close, connect, current_client, start_local
-from .decorator import JobOptions, RemoteFunction, compute_this
-from .errors import (
+from dc_jupyter import config  # noqa: F401  (loads the shipped defaults into dask.config)
+from dc_jupyter.backends import Backend
+from dc_jupyter.backends.dask.connection import close, connect, current_client, start_local
+from dc_jupyter.cell.futures import CellFuture, SweepFuture
+from dc_jupyter.core.function import JobOptions, RemoteFunction, compute_this
+from dc_jupyter.core.futures import JobFuture
+from dc_jupyter.core.job import Job
+from dc_jupyter.core.map import MapFuture, MapJob, MapProgress
+from dc_jupyter.errors import (
     DcJupyterError,
     SchedulerUnreachableError,
     SerializationError,
     VersionMismatchError,
     WorkerCrashError,
 )
-from .handle import JobFuture
-from .job import Job
-from .mapping import MapFuture, MapJob, MapProgress
 
 __version__ = "0.1.0"
 
@@ -50,7 +50,9 @@ __all__ = [
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext dc_jupyter``: add ``%%distribute``/``%distribute`` and ``compute_this``."""
-    from .magics import DistributeMagics  # imported here so `import dc_jupyter` stays cheap
+    from dc_jupyter.cell.magic import (
+        DistributeMagics,  # imported here so `import dc_jupyter` stays cheap
+    )
 
     ipython.register_magics(DistributeMagics)
     ipython.push({"compute_this": compute_this})

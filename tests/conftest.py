@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dc_jupyter.process_cluster import ProcessCluster
+from dc_jupyter.tools.cluster import ProcessCluster
 
 HERE = Path(__file__).parent
 

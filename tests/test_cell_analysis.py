@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dc_jupyter.cell_analysis import analyze_cell
+from dc_jupyter.cell.analysis import analyze_cell
 
-MODULE = Path(__file__).resolve().parent.parent / "dc_jupyter" / "cell_analysis.py"
+MODULE = Path(__file__).resolve().parent.parent / "dc_jupyter" / "cell" / "analysis.py"
 
 # (cell, inputs, outputs) - inputs in the order first read
 CASES = [

@@ -18,7 +18,7 @@ import pytest
 from conftest import BLOCK_PRELOAD, scheduler_task_count, wait_until
 from jupyter_client.manager import KernelManager
 
-from dc_jupyter.process_cluster import ProcessCluster
+from dc_jupyter.tools.cluster import ProcessCluster
 
 WORKTREE = str(Path(__file__).resolve().parent.parent)
 

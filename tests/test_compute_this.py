@@ -47,7 +47,8 @@ def test_embedded_default_cluster_runs_and_shuts_down():
     out = run_script(
         """
         import distributed
-        from dc_jupyter import compute_this, connection
+        from dc_jupyter import compute_this
+        from dc_jupyter.backends.dask import connection
 
         @compute_this()
         def func(x):
@@ -438,7 +439,7 @@ def test_timeout_raises_and_cancels_remote_task(cluster, client):
 def mismatched_cluster(tmp_path_factory):
     from conftest import HERE
 
-    from dc_jupyter.process_cluster import ProcessCluster
+    from dc_jupyter.tools.cluster import ProcessCluster
 
     c = ProcessCluster(
         n_workers=1,

@@ -30,7 +30,7 @@ from dc_jupyter import (
     WorkerCrashError,
     compute_this,
 )
-from dc_jupyter.process_cluster import ProcessCluster
+from dc_jupyter.tools.cluster import ProcessCluster
 
 # Functions defined here must travel by value: workers cannot import this file.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

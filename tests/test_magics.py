@@ -489,7 +489,7 @@ def test_resources_reach_the_scheduler(shell, tmp_path):
     # error, see test_bad_input), so this uses one worker that offers them.
     from distributed import Client
 
-    from dc_jupyter.process_cluster import ProcessCluster
+    from dc_jupyter.tools.cluster import ProcessCluster
 
     with ProcessCluster(
         n_workers=1,
@@ -553,7 +553,7 @@ def test_scheduler_option_runs_on_that_cluster_for_this_cell_only(ip, cluster):
     )
     assert result.error_in_exec is None
     assert ip.user_ns["sched"] == cluster.address
-    from dc_jupyter import connection
+    from dc_jupyter.backends.dask import connection
 
     assert connection._explicit is None  # nothing chosen for later cells
 
@@ -682,7 +682,7 @@ def test_line_magic_shows_and_switches_cluster(ip, cluster):
     with capture_output() as captured:
         ip.run_line_magic("distribute", "close")
     assert "closed" in captured.stdout
-    from dc_jupyter import connection
+    from dc_jupyter.backends.dask import connection
 
     assert connection._explicit is None
     with pytest.raises(UsageError):

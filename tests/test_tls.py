@@ -19,7 +19,7 @@ from conftest import BLOCK_PRELOAD, scheduler_task_count
 
 import dc_jupyter
 from dc_jupyter import SchedulerUnreachableError, compute_this
-from dc_jupyter.process_cluster import ProcessCluster
+from dc_jupyter.tools.cluster import ProcessCluster
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -21,7 +21,8 @@ from conftest import wait_until
 from nbclient import NotebookClient
 
 import dc_jupyter
-from dc_jupyter import compute_this, monitor
+from dc_jupyter import compute_this
+from dc_jupyter.ui import monitor
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -186,7 +187,7 @@ def comm_messages():
     There is no front end in this process, so ipywidgets' comm is the ``comm``
     package's DummyComm (what it uses outside a kernel) plus a counter.
     """
-    from dc_jupyter.widget_traffic import counting_comms
+    from dc_jupyter.tools.widget_traffic import counting_comms
 
     with counting_comms() as sent:
         yield sent
@@ -199,7 +200,7 @@ PER_REFRESH = 6
 def test_widget_traffic_grows_with_time_not_items(cluster, no_thread_leak, capsys):
     """A real batched map on the session cluster, watched by a live MapView whose
     comms count what they send (``widget_traffic.counting_comms``)."""
-    from dc_jupyter.widget_traffic import count_updates
+    from dc_jupyter.tools.widget_traffic import count_updates
 
     dc_jupyter.connect(cluster.address)
     small = count_updates(10, delay=0.15)  # ~0.8 s on two workers
@@ -220,7 +221,7 @@ def test_widget_traffic_grows_with_time_not_items(cluster, no_thread_leak, capsy
 
 
 def test_job_view_turns_red_and_stops_its_thread(no_thread_leak, comm_messages):
-    from dc_jupyter import widgets
+    from dc_jupyter.ui import widgets
 
     @compute_this(backend=ThreadPoolExecutor(1))
     def fail(x):
@@ -238,7 +239,7 @@ def test_job_view_turns_red_and_stops_its_thread(no_thread_leak, comm_messages):
 
 
 def test_cancel_button_cancels_the_remote_task(cluster, client, no_thread_leak, comm_messages):
-    from dc_jupyter import widgets
+    from dc_jupyter.ui import widgets
 
     dc_jupyter.connect(cluster.address)
 
@@ -354,7 +355,7 @@ def test_script_map_draws_tqdm_bar_on_a_tty_only():
 
 
 def test_fallback_shows_per_worker_allocation_and_is_empty_safe():
-    from dc_jupyter import render
+    from dc_jupyter.ui import render
 
     state = render.MapState(name="m", total=3, done=3, per_worker={})
     assert "3/3 done" in render.map_text(state) and "width:100.0%" in render.map_html(state)

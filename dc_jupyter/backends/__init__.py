@@ -5,11 +5,11 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from typing import Any
 
-from .. import config
-from .base import Backend
-from .dask_backend import DaskBackend
-from .executor_backend import ExecutorBackend
-from .local_backend import LocalBackend
+from dc_jupyter import config
+from dc_jupyter.backends.base import Backend
+from dc_jupyter.backends.dask.backend import DaskBackend
+from dc_jupyter.backends.executor import ExecutorBackend
+from dc_jupyter.backends.local import LocalBackend
 
 __all__ = ["Backend", "DaskBackend", "ExecutorBackend", "LocalBackend", "resolve_backend"]
 

@@ -6,18 +6,18 @@ from abc import ABC, abstractmethod
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from .. import _worker
+from dc_jupyter.remote import job as remote_job
 
 if TYPE_CHECKING:
-    from ..handle import JobFuture
-    from ..job import Job
+    from dc_jupyter.core.futures import JobFuture
+    from dc_jupyter.core.job import Job
 
 
 class Backend(ABC):
     """Where jobs run. A new backend is one module with one subclass.
 
     ``submit`` must return at once with a ``JobFuture`` whose inner future's
-    result is the blob returned by ``_worker.run_job(payload, *dep_blobs)``.
+    result is the blob returned by ``remote_job.run_job(payload, *dep_blobs)``.
     """
 
     name: str = "backend"
@@ -35,7 +35,7 @@ class Backend(ABC):
         """One line saying where work goes, for ``%distribute`` and widgets."""
         return self.name
 
-    # -- maps: batches of items (see mapping.MapFuture) ----------------------
+    # -- maps: batches of items (see core.map.MapFuture) ----------------------
     def slots(self) -> int:
         """How many batches can run at the same time (worker threads)."""
         return 1
@@ -49,7 +49,7 @@ class BatchChannel:
     """Sends the batches of one map. This default runs each batch here, at once.
 
     ``send`` returns a future (``concurrent.futures`` or Dask) whose result is
-    the blob of ``_worker.run_batch``; ``close`` releases what the map shared.
+    the blob of ``remote_job.run_batch``; ``close`` releases what the map shared.
     """
 
     def __init__(self, function_blob: bytes) -> None:
@@ -59,7 +59,7 @@ class BatchChannel:
         future: Future = Future()
         future.set_running_or_notify_cancel()
         try:
-            future.set_result(_worker.run_batch(self.function_blob, items_blob))
+            future.set_result(remote_job.run_batch(self.function_blob, items_blob))
         except Exception as exc:
             future.set_exception(exc)
         return future

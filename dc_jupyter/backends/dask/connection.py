@@ -1,0 +1,354 @@
+"""Find the Dask cluster to use, connect to it, and close what we started.
+
+The cluster is the first of: one chosen explicitly (``connect()``,
+``%distribute connect``, a ``client=``/``cluster=``/``address=`` option); Dask's
+``scheduler-address`` setting (so ``DASK_SCHEDULER_ADDRESS`` works); a
+``distributed.Client`` the session already made; else an embedded
+``LocalCluster`` started on first use and closed when the interpreter exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import threading
+import warnings
+import weakref
+from typing import Any
+
+import dask.config
+
+from dc_jupyter import config
+from dc_jupyter.backends.dask.versions import check_versions
+from dc_jupyter.errors import SchedulerUnreachableError
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.RLock()
+_explicit: Any = None  # the Client chosen with connect()/start_local()
+_explicit_target: dict[str, Any] | None = None  # how connect() reached it, to reconnect
+_by_address: dict[str, Any] = {}  # clients we opened, by scheduler address
+_local_cluster: Any = None
+_local_client: Any = None
+_checked: weakref.WeakSet = weakref.WeakSet()  # clients whose versions were checked
+
+
+def _connect_timeout(timeout: float | str | None) -> float:
+    if timeout is None:
+        timeout = config.get("connect-timeout", "10s")
+    return config.seconds(timeout, "connect timeout")  # type: ignore[return-value]
+
+
+def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any) -> Any:
+    """A new ``distributed.Client``; an unreachable scheduler is a clear error."""
+    from distributed import Client
+    from distributed.versions import VersionMismatchWarning
+
+    seconds = _connect_timeout(timeout)
+    try:
+        with warnings.catch_warnings():
+            if config.get("check-versions", True):
+                # ensure_compatible() raises a clearer error for the same finding.
+                warnings.simplefilter("ignore", VersionMismatchWarning)
+            client = Client(target, timeout=f"{seconds}s", set_as_default=False, **kwargs)
+    except (OSError, TimeoutError, TypeError) as exc:
+        where = target if isinstance(target, str) else _address_in_file(kwargs, target)
+        tls_problem = _tls_problem(where, exc)
+        if isinstance(exc, TypeError) and tls_problem is None:
+            raise
+        if tls_problem is not None:
+            raise SchedulerUnreachableError(
+                f"The Dask scheduler at {where!r} refused this client: {tls_problem} "
+                f"({type(exc).__name__}: {exc}). It uses TLS with certificates: set "
+                "dask.config 'distributed.comm.tls.ca-file', "
+                "'distributed.comm.tls.client.cert' and 'distributed.comm.tls.client.key' "
+                "to files the cluster trusts, or pass "
+                "client=Client(address, security=Security(...))."
+            ) from exc
+        raise SchedulerUnreachableError(
+            f"Could not reach the Dask scheduler at {where!r} within {seconds:g} s "
+            f"({type(exc).__name__}: {exc}). Check that `dask scheduler` runs there and "
+            "that the address is right (a scheduler started with TLS needs its tls:// "
+            "address and certificates); set dc_jupyter.connect-timeout to wait longer, or "
+            "unset DASK_SCHEDULER_ADDRESS to use the embedded local cluster."
+        ) from exc
+    return tune_for_interactive_use(client)
+
+
+def tune_for_interactive_use(client: Any) -> Any:
+    """Shorten how long ``client`` holds messages before sending them to the scheduler.
+
+    Dask's client batches its messages for 10 ms (a fixed ``BatchedSend``
+    interval in ``Client._ensure_connected``), which is most of a round trip.
+    Applied only to clients dc_jupyter opens itself; a reconnect restores
+    Dask's default.
+    """
+    comm = getattr(client, "scheduler_comm", None)
+    interval = config.seconds(config.get("client-batch-interval", "1ms"), "client-batch-interval")
+    if comm is not None and interval is not None and hasattr(comm, "interval"):
+        comm.interval = interval
+    return client
+
+
+def _address_in_file(kwargs: dict, target: Any) -> Any:
+    path = kwargs.get("scheduler_file")
+    if path is None:
+        return target
+    try:
+        with open(path) as f:
+            return json.load(f).get("address", path)
+    except (OSError, ValueError):
+        return path
+
+
+def _tls_problem(address: Any, exc: BaseException) -> str | None:
+    """Why a TLS handshake failed, in words, or None if ``exc`` is not about TLS."""
+    text = f"{exc} {exc.__cause__ or ''}"
+    if "ssl_context" in text:
+        return "this client has no TLS certificates configured"
+    if isinstance(address, str) and address.startswith("tls://") or "SSL" in text:
+        return "the TLS handshake failed (missing, untrusted or wrong certificates)"
+    return None
+
+
+def _usable(client: Any) -> bool:
+    # "connecting" after start-up means the scheduler went away and the client
+    # is retrying in the background: work sent now would wait on a scheduler
+    # that may never come back, so open a fresh client (which fails, naming
+    # the address, within the connect timeout, or works if it is back).
+    return client is not None and getattr(client, "status", None) == "running"
+
+
+def client_for_address(address: str, timeout: float | str | None = None) -> Any:
+    """A client for ``address``, reused while it stays connected."""
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(
+            f"A scheduler address is a string like 'tcp://10.0.0.5:8786', not {address!r}"
+        )
+    _check_host_port(address)
+    with _lock:
+        client = _by_address.get(address)
+        if not _usable(client):
+            if client is not None:
+                _close_quietly(client)
+            client = _by_address[address] = _open_client(address, timeout)
+        return client
+
+
+def _check_host_port(address: str) -> None:
+    """Refuse a malformed tcp/tls address here, before Dask starts a client for it."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme in ("tcp", "tls"):
+        try:
+            parse_host_port(location)
+        except ValueError as exc:
+            raise ValueError(
+                f"{address!r} is not a scheduler address: {exc}. Use 'tcp://HOST:PORT', "
+                "e.g. 'tcp://10.0.0.5:8786'."
+            ) from None
+
+
+def connect(
+    address: str | None = None,
+    *,
+    scheduler_file: str | None = None,
+    timeout: float | str | None = None,
+) -> Any:
+    """Send all later work to the scheduler at ``address`` (or in ``scheduler_file``)."""
+    global _explicit, _explicit_target
+    if (address is None) == (scheduler_file is None):
+        raise ValueError("connect() takes a scheduler address or scheduler_file=, exactly one")
+    if scheduler_file is not None:
+        if not os.path.exists(scheduler_file):
+            raise FileNotFoundError(
+                f"No scheduler file at {scheduler_file!r}; start the scheduler with "
+                "`dask scheduler --scheduler-file FILE` and pass that FILE."
+            )
+        client = _open_client(None, timeout, scheduler_file=scheduler_file)
+        _by_address[client.scheduler.address] = client
+    else:
+        client = client_for_address(address, timeout)
+    ensure_compatible(client)
+    with _lock:
+        _explicit = client
+        _explicit_target = {"address": address, "scheduler_file": scheduler_file}
+    return client
+
+
+def _reconnect_explicit() -> Any:
+    """The client connect() chose, reopened if its scheduler went away and came back."""
+    global _explicit
+    target = _explicit_target or {}
+    if target.get("scheduler_file"):
+        client = _open_client(None, scheduler_file=target["scheduler_file"])
+        _by_address[client.scheduler.address] = client
+    else:
+        client = client_for_address(target["address"])
+    _explicit = client
+    return client
+
+
+def start_local(n_workers: int | None = None) -> Any:
+    """(Re)start the embedded local cluster with ``n_workers`` and use it from now on."""
+    global _explicit, _explicit_target
+    if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
+        raise ValueError(f"n_workers must be a whole number >= 1, not {n_workers!r}")
+    with _lock:
+        _close_local()
+        _explicit_target = None
+        _explicit = _embedded_client(n_workers)
+        return _explicit
+
+
+def close() -> None:
+    """Forget the chosen cluster and close every client and cluster dc_jupyter opened."""
+    global _explicit, _explicit_target
+    with _lock:
+        _explicit = _explicit_target = None
+        for client in list(_by_address.values()):
+            _close_quietly(client)
+        _by_address.clear()
+        _close_local()
+
+
+def forget(address: str) -> None:
+    """Close the client dc_jupyter opened for ``address`` (its scheduler is going away)."""
+    global _explicit, _explicit_target
+    with _lock:
+        client = _by_address.pop(address, None)
+        if client is None:
+            return
+        if client is _explicit:
+            _explicit = _explicit_target = None
+        _close_quietly(client)
+
+
+def current_client(client: Any = None, cluster: Any = None, address: str | None = None) -> Any:
+    """The ``distributed.Client`` that work goes to now (see module docstring)."""
+    if client is not None:
+        chosen = client
+    elif cluster is not None:
+        chosen = _client_for_cluster(cluster)
+    elif address is not None:
+        chosen = client_for_address(address)
+    else:
+        chosen = _discover()
+    ensure_compatible(chosen)
+    return chosen
+
+
+def _discover() -> Any:
+    with _lock:
+        if _usable(_explicit):
+            return _explicit
+        if _explicit_target is not None:
+            return _reconnect_explicit()
+        address = dask.config.get("scheduler-address", None)
+        if address:
+            return client_for_address(address)
+        try:
+            from distributed import default_client
+
+            return default_client()
+        except ValueError:
+            pass
+        if _usable(_local_client):
+            return _local_client
+        return _embedded_client(None)
+
+
+def _client_for_cluster(cluster: Any) -> Any:
+    address = getattr(cluster, "scheduler_address", None)
+    if not address:
+        raise TypeError(
+            f"cluster= takes a Dask cluster object (e.g. LocalCluster), not {cluster!r}"
+        )
+    with _lock:
+        client = _by_address.get(address)
+        if not _usable(client):
+            from distributed import Client
+
+            client = Client(cluster, set_as_default=False)
+            _by_address[address] = tune_for_interactive_use(client)
+        return client
+
+
+def _embedded_client(n_workers: int | None) -> Any:
+    """Start the embedded ``LocalCluster`` (worker processes, one thread each)."""
+    global _local_cluster, _local_client
+    from distributed import Client, LocalCluster
+
+    if n_workers is None:
+        n_workers = config.get("local.n-workers") or min(os.cpu_count() or 1, 4)
+    _local_cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=config.get("local.threads-per-worker", 1),
+        processes=True,
+        host=config.get("local.host", "127.0.0.1"),
+        dashboard_address=config.get("local.dashboard-address", "127.0.0.1:0"),
+        silence_logs=logging.ERROR,
+    )
+    _local_client = tune_for_interactive_use(Client(_local_cluster, set_as_default=False))
+    return _local_client
+
+
+def ensure_compatible(client: Any) -> None:
+    """Check versions once per client (see ``versions.check_versions``)."""
+    if not config.get("check-versions", True) or client in _checked:
+        return
+    check_versions(client)
+    _checked.add(client)
+
+
+def scheduler_info(client: Any) -> dict[str, Any]:
+    """``client.scheduler_info()`` listing every worker (newer Dask lists 5 by default)."""
+    if _accepts_n_workers(client):
+        return client.scheduler_info(n_workers=-1)
+    return client.scheduler_info()
+
+
+def describe(client: Any) -> dict[str, Any]:
+    """Address, workers, threads, memory and dashboard link of ``client``'s cluster."""
+    info = scheduler_info(client)
+    workers = info.get("workers", {})
+    return {
+        "address": info.get("address") or client.scheduler.address,
+        "workers": len(workers),
+        "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+        "memory": sum(w.get("memory_limit", 0) or 0 for w in workers.values()),
+        "dashboard": client.dashboard_link,
+        "embedded": client is _local_client,
+    }
+
+
+def _accepts_n_workers(client: Any) -> bool:
+    import inspect
+
+    return "n_workers" in inspect.signature(client.scheduler_info).parameters
+
+
+def _close_quietly(client: Any) -> None:
+    _checked.discard(client)
+    try:
+        client.close(timeout=2)
+    except Exception:  # closing a broken connection must not hide the real error
+        logger.debug("dc_jupyter: error while closing a client", exc_info=True)
+
+
+def _close_local() -> None:
+    global _local_cluster, _local_client
+    if _local_client is not None:
+        _close_quietly(_local_client)
+    if _local_cluster is not None:
+        try:
+            _local_cluster.close(timeout=5)
+        except Exception:
+            logger.debug("dc_jupyter: error while closing the local cluster", exc_info=True)
+    _local_cluster = _local_client = None
+
+
+atexit.register(close)

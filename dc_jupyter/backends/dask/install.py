@@ -1,0 +1,62 @@
+"""Install the worker-side code on a Dask cluster once, so tasks name it.
+
+Workers do not have dc_jupyter. Shipping ``remote.job``'s functions by value
+inside every task cost ~1.4 ms per round trip (measured side by side: 8.1 ms
+against 6.7 ms for a function the worker could import), because each worker
+rebuilt that code for every task. Instead the source of ``remote/job.py`` is
+installed once per cluster by two Dask plugins (``remote.plugins``: workers
+that join or restart later get it too), as a module whose name carries a hash
+of its content, so two versions never mix. The notebook creates the same
+module under the same name, and tasks refer to its functions by name, which
+plain pickle sends in a few bytes.
+
+Not for the local and executor backends: they run ``dc_jupyter.remote.job``
+directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import threading
+import weakref
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from dc_jupyter.remote import job as remote_job
+from dc_jupyter.remote import plugins
+
+_SOURCE = Path(remote_job.__file__).read_bytes()
+MODULE_NAME = f"dc_jupyter_worker_{hashlib.sha1(_SOURCE).hexdigest()[:12]}"
+
+_lock = threading.Lock()
+#: client -> id of the scheduler it installed the module on (a restarted
+#: scheduler at the same address has a new id and has lost its plugins).
+_installed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def local_module() -> ModuleType:
+    """The worker module as created in this process, under its hashed name."""
+    module = sys.modules.get(MODULE_NAME)
+    if module is None:
+        with _lock:
+            plugins.install_module(MODULE_NAME, _SOURCE)
+            module = sys.modules[MODULE_NAME]
+    return module
+
+
+def installed_on(client: Any) -> ModuleType:
+    """The worker module, installed on ``client``'s cluster if not done yet."""
+    module = local_module()
+    # The identity Dask caches on connect; client.scheduler_info() would cost a
+    # round trip to the scheduler on every task (~1 ms, measured).
+    identity = getattr(client, "_scheduler_identity", None) or client.scheduler_info()
+    scheduler_id = identity.get("id")
+    if _installed.get(client) != scheduler_id:
+        with _lock:
+            if _installed.get(client) != scheduler_id:
+                client.register_plugin(plugins.InstallOnScheduler(MODULE_NAME, _SOURCE))
+                client.register_plugin(plugins.InstallOnWorkers(MODULE_NAME, _SOURCE))
+                _installed[client] = scheduler_id
+    return module

@@ -1,0 +1,365 @@
+"""Run a notebook cell on the cluster: the plain function behind ``%%distribute``.
+
+Analyse the cell, capture the notebook values it reads, check them before
+anything is sent, run it through the same ``Job``/backend machinery as
+``@compute_this`` (so timeouts, retries, resources, widgets and
+cancel-on-interrupt apply), stream its output, and put every name it bound
+back into the notebook namespace at once. On failure the namespace is left
+untouched. Not for: parsing magic options (``cell.magic``), worker-side code
+(``remote.cell``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import types
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from dc_jupyter.backends.dask.backend import DaskBackend
+from dc_jupyter.cell.analysis import CellAnalysis, analyze_cell
+from dc_jupyter.cell.futures import CellFuture, SweepFuture
+from dc_jupyter.cell.output import CellOutput
+from dc_jupyter.core import pickling
+from dc_jupyter.core.function import JobOptions, RemoteFunction
+from dc_jupyter.core.futures import format_exception_summary
+from dc_jupyter.core.map import MapJob
+from dc_jupyter.errors import SerializationError
+from dc_jupyter.remote import cell as remote_cell
+from dc_jupyter.ui.display import show, watching
+
+__all__ = ["CellOptions", "run_cell"]
+
+pickling.cloudpickle.register_pickle_by_value(remote_cell)
+
+#: Provided on the worker (``remote_cell.WorkerShell``), never shipped.
+_PROVIDED_ON_WORKER = frozenset({"get_ipython"})
+_POLL = 0.05  # seconds between output pumps while waiting
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    """The options of ``%%distribute`` (see ``cell.magic`` for their spelling)."""
+
+    run_async: bool = False
+    out: str | None = None
+    local: bool = False
+    retries: int = 0
+    resources: dict[str, float] = field(default_factory=dict)
+    timeout: float | str | None = None
+    pull: tuple[str, ...] | None = None
+    scheduler: str | None = None
+    map_name: str | None = None
+    map_expr: str | None = None
+
+
+def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: str = "") -> Any:
+    """Run ``cell`` (IPython source) on the cluster as if it ran in ``shell``.
+
+    Returns the value of the cell's last expression (a list of them with
+    ``--map``), or None, or with ``--async`` nothing: the namespace is
+    updated when the work finishes.
+    """
+    __tracebackhide__ = True
+    options = options or CellOptions()
+    plan = _plan(shell, cell, options, header)
+    remote = RemoteFunction(remote_cell.run_cell, _job_options(options))
+    remote.__name__ = "cell"  # Dask keys: cell-<id>, cell-map-<token>-<batch>
+    backend = remote.backend()
+    client = backend.client() if isinstance(backend, DaskBackend) else None
+    cell_id = f"cell-{uuid.uuid4().hex}"
+    args = plan.worker_args(cell_id)
+    label = _label(shell, options)
+    if options.map_name is None:
+        job = remote(*args)
+        job.key = cell_id
+        output = _listen(client, cell_id, 1, options.run_async)
+        handle = CellFuture.adopt(
+            _submit(job, output), label, options.run_async, plan.analysis.has_result
+        )
+    else:
+        # One item per element; the map batches them like any map (one element
+        # per task until it has measured that they are quick).
+        n = len(plan.elements)
+        columns = [[a] * n for a in args] + [range(n), [options.map_name] * n, plan.elements]
+        output = _listen(client, cell_id, n, options.run_async)
+        handle = SweepFuture(
+            _submit(MapJob(remote, tuple(columns)), output), label, options.run_async
+        )
+    if options.out:
+        shell.user_ns[options.out] = handle
+    if options.run_async:
+        handle.add_done_callback(lambda _: _finish_async(shell, plan, handle, output))
+        show(handle, label)
+        return None
+    with watching(handle, label):
+        _wait(handle, output, _job_options(options).timeout)
+        outcome = _outcome(plan, handle)
+    return _apply(shell, plan, outcome)
+
+
+def _label(shell: Any, options: CellOptions) -> str:
+    """What the widget calls the cell: ``In[7] %%distribute`` (``--map x`` for a sweep)."""
+    label = f"In[{shell.execution_count}] %%distribute"
+    return f"{label} --map {options.map_name}" if options.map_name else label
+
+
+# -- before sending ----------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    source: str
+    filename: str
+    analysis: CellAnalysis
+    blob: bytes
+    names: tuple[str, ...]
+    send_all: bool
+    options: CellOptions
+    elements: list = field(default_factory=list)
+
+    def worker_args(self, cell_id: str) -> tuple:
+        return (
+            self.source,
+            self.filename,
+            self.blob,
+            cell_id,
+            self.names,
+            () if self.options.pull else self.analysis.deleted,
+            self.send_all,
+            self.analysis.has_result,
+        )
+
+
+def _plan(shell: Any, cell: str, options: CellOptions, header: str) -> _Plan:
+    """Everything checked locally; raises before anything is sent."""
+    transformed = shell.transform_cell(cell)
+    # Register the cell's source under the name IPython gives this execution, so
+    # remote tracebacks (which carry only file names and line numbers) show the
+    # cell's own lines. The header line keeps line numbers as in the notebook.
+    header = header or "%%distribute"
+    filename = shell.compile.cache(
+        f"{header}\n{transformed}", shell.execution_count, raw_code=f"{header}\n{cell}"
+    )
+    source = "\n" + transformed
+    analysis = analyze_cell(source, filename)
+    user_ns = shell.user_ns
+    provided = _PROVIDED_ON_WORKER | ({options.map_name} if options.map_name else set())
+    captured: dict[str, Any] = {}
+    for name in analysis.inputs:
+        if name in provided:
+            continue
+        if name in user_ns:
+            captured[name] = user_ns[name]
+        elif name not in analysis.outputs and not analysis.star_import:
+            raise NameError(
+                f"name {name!r} is not defined: the cell reads it, but it is not in the "
+                "notebook, not a builtin, and the cell does not assign it. Nothing was sent.",
+                name=name,
+            )
+    for name in analysis.builtins_read:  # a notebook variable shadowing a builtin
+        if name in user_ns and name not in provided:
+            captured[name] = user_ns[name]
+    names = analysis.outputs
+    if options.pull is not None:
+        unknown = [n for n in options.pull if n not in analysis.outputs]
+        if unknown and not analysis.star_import:
+            raise UsageError(
+                f"--pull {','.join(options.pull)}: the cell does not assign "
+                f"{', '.join(map(repr, unknown))}; it assigns {', '.join(analysis.outputs) or 'nothing'}."
+            )
+        names = tuple(options.pull)
+    elements: list = []
+    if options.map_name is not None:
+        elements = _sweep_elements(shell, options)
+    return _Plan(
+        source=source,
+        filename=filename,
+        analysis=analysis,
+        blob=_pickle_inputs(captured),
+        names=tuple(names),
+        send_all=analysis.star_import and options.pull is None,
+        options=options,
+        elements=elements,
+    )
+
+
+def _sweep_elements(shell: Any, options: CellOptions) -> list:
+    try:
+        values = eval(options.map_expr, shell.user_ns)  # noqa: S307 - the user's own notebook
+    except SyntaxError as exc:
+        raise UsageError(
+            f"--map {options.map_name} in {options.map_expr}: the expression is not valid "
+            f"Python ({exc.msg}). Put --map last on the line, e.g. `%%distribute --map x in range(4)`."
+        ) from None
+    try:
+        return list(values)
+    except TypeError:
+        raise UsageError(
+            f"--map {options.map_name} in {options.map_expr}: a {type(values).__name__} is not "
+            "iterable; give a list, range or other iterable."
+        ) from None
+
+
+def _pickle_inputs(captured: dict[str, Any]) -> bytes:
+    try:
+        return pickling.dumps(captured)
+    except Exception as exc:
+        culprit = pickling.find_unpicklable(captured.items())
+        if culprit is None:
+            raise SerializationError(
+                f"Cannot pickle the notebook values the cell reads: {type(exc).__name__}: {exc}. "
+                "Nothing was sent."
+            ) from exc
+        name, value, error = culprit
+        raise SerializationError(
+            f"Cannot send the variable {name!r} to the cluster: a {pickling.type_name(value)} "
+            f"cannot be pickled ({type(error).__name__}: {error}). Nothing was sent. Create it "
+            "inside the cell instead, or do not use it there."
+        ) from error
+
+
+def _job_options(options: CellOptions) -> JobOptions:
+    try:
+        return JobOptions(
+            backend="local" if options.local else None,
+            retries=options.retries,
+            resources=dict(options.resources),
+            timeout=options.timeout,
+            address=options.scheduler,
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"%%distribute: {exc}") from None
+
+
+# -- sending and waiting ---------------------------------------------------------------
+
+
+def _listen(client: Any, cell_id: str, parts: int, direct: bool) -> CellOutput | None:
+    if client is None:
+        return None  # in-process: the cell prints straight into this cell
+    return CellOutput(cell_id, parts, direct=direct).attach(client)
+
+
+def _submit(job: Any, output: CellOutput | None) -> Any:
+    try:
+        return job.submit()
+    except BaseException:
+        if output is not None:
+            output.detach()
+        raise
+
+
+def _wait(handle: Any, output: CellOutput | None, timeout: float | None) -> None:
+    """Wait for ``handle``, writing the cell's output as it arrives."""
+    __tracebackhide__ = True
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while not handle.done():
+            if deadline is not None and time.monotonic() > deadline:
+                handle.cancel()
+                raise TimeoutError(
+                    f"The cell did not finish within {timeout:g} s; its remote work was "
+                    "cancelled. Raise --timeout if it needs longer."
+                )
+            if output is not None:
+                output.pump()
+                output.wait(_POLL)
+            else:
+                time.sleep(_POLL)
+    except BaseException:  # KeyboardInterrupt included: stop the remote work
+        handle.cancel()
+        if output is not None:
+            output.pump()
+            output.detach()
+        raise
+    if output is not None:
+        output.finish()
+
+
+def _outcome(plan: _Plan, handle: Any) -> dict:
+    """The cell's decoded outcome; a sweep's parts merged into lists in input order."""
+    if plan.options.map_name is None:
+        return handle.outcome()
+    parts = handle.parts()
+    values = {
+        name: [part["values"].get(name) for part in parts]
+        for name in plan.names
+        if any(name in part["values"] for part in parts)
+    }
+    skipped = {k: v for part in parts for k, v in part.get("skipped", {}).items()}
+    results = [part["result"] for part in parts]
+    return {"values": values, "deleted": [], "result": results, "skipped": skipped}
+
+
+def _apply(shell: Any, plan: _Plan, outcome: dict) -> Any:
+    """Put the cell's names into the notebook namespace, all at once."""
+    user_ns = shell.user_ns
+    values = outcome["values"]
+    if plan.options.pull is None and plan.options.map_name is None:
+        values = {name: _rehome(value, user_ns) for name, value in values.items()}
+    user_ns.update(values)
+    for name in outcome["deleted"]:
+        user_ns.pop(name, None)
+    for name, reason in outcome.get("skipped", {}).items():
+        print(
+            f"%%distribute: {name!r} was not brought back: {reason}. Delete it at the end of "
+            "the cell, or choose what comes back with --pull a,b.",
+            file=sys.stderr,
+        )
+    return outcome["result"] if plan.analysis.has_result else None
+
+
+def _rehome(value: Any, user_ns: dict) -> Any:
+    """Give a function (or a class's methods) defined in the cell the notebook's globals.
+
+    Pickling gave them a private copy of the globals they used; rebinding makes
+    them see later notebook changes and lets ``global`` statements work, as if
+    the cell had run here.
+    """
+    if isinstance(value, types.FunctionType) and _from_cell(value.__globals__, user_ns):
+        new = types.FunctionType(
+            value.__code__, user_ns, value.__name__, value.__defaults__, value.__closure__
+        )
+        new.__kwdefaults__ = value.__kwdefaults__
+        new.__dict__.update(value.__dict__)
+        new.__qualname__ = value.__qualname__
+        new.__annotations__ = value.__annotations__
+        new.__doc__ = value.__doc__
+        new.__module__ = value.__module__
+        return new
+    if isinstance(value, type) and value.__module__ == "__main__":
+        for attr, member in list(vars(value).items()):
+            if isinstance(member, types.FunctionType) and _from_cell(member.__globals__, user_ns):
+                setattr(value, attr, _rehome(member, user_ns))
+    return value
+
+
+def _from_cell(func_globals: dict, user_ns: dict) -> bool:
+    # Unpickled functions get a fresh globals dict holding just what they use.
+    return func_globals is not user_ns and func_globals.get("__name__") == "__main__"
+
+
+# -- --async -----------------------------------------------------------------------------
+
+
+def _finish_async(shell: Any, plan: _Plan, handle: Any, output: CellOutput | None) -> None:
+    try:
+        if output is not None:
+            output.finish()
+        try:
+            outcome = _outcome(plan, handle)
+        except BaseException as exc:
+            print(
+                f"%%distribute --async cell failed: {format_exception_summary(exc)} "
+                "(the namespace was not changed; handle.result() raises it)",
+                file=sys.stderr,
+            )
+            return
+        _apply(shell, plan, outcome)
+    finally:
+        handle.namespace_updated()  # lets handle.result() return

@@ -1,0 +1,127 @@
+"""How ``func.map`` groups items into tasks: checking items up front, sizing batches.
+
+Not the dispatch itself (that is ``core.map.MapFuture``) and nothing Dask-specific:
+only the arithmetic of batch sizes and the pickling of items.
+
+Batches start with one item, then grow from the time the worker measured
+for the items already done, towards ``batch-seconds`` of work per task, so a
+trivial function ends up with thousands of items per task and a 50 ms one with
+one. Near the end batches shrink again so every worker finishes at about the
+same time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from dc_jupyter.core import pickling
+from dc_jupyter.errors import SerializationError
+
+#: How much a batch may grow from one measurement to the next; bounds the damage
+#: of a first item that happened to be much faster than the rest.
+GROWTH = 16
+
+
+class BatchSizer:
+    """Decide how many items the next batch of a map takes."""
+
+    def __init__(
+        self,
+        slots: int,
+        target_seconds: float,
+        max_bytes: int,
+        bytes_per_item: float,
+    ) -> None:
+        self.slots = max(1, slots)
+        self.target_seconds = target_seconds
+        self.max_items_by_bytes = max(1, int(max_bytes // max(bytes_per_item, 1.0)))
+        self.seconds_per_item: float | None = None
+        self.largest = 1
+
+    def record(self, count: int, busy_seconds: float) -> None:
+        """Learn from a finished batch: ``count`` items took ``busy_seconds`` of calls."""
+        if count > 0:
+            self.seconds_per_item = busy_seconds / count
+
+    def tasks_per_thread(self, minimum: int, queue_seconds: float, cap: int = 32) -> int:
+        """How many batches to keep in flight per worker thread.
+
+        Enough to cover ``queue_seconds`` of work, so a worker never waits for the
+        notebook to hear of a finished batch and send the next one (the round trip
+        is tens of milliseconds on a busy machine: with 50 ms functions, three
+        queued tasks were not enough at 8 workers).
+        """
+        if self.seconds_per_item is None:
+            return minimum
+        per_batch = max(self.seconds_per_item * self.largest, 1e-3)
+        return max(minimum, min(cap, math.ceil(queue_seconds / per_batch)))
+
+    def next_size(self, remaining: int) -> int:
+        """Items for the next batch, when ``remaining`` items are not sent yet."""
+        if remaining <= 0:
+            return 0
+        if self.seconds_per_item is None:
+            size = 1  # nothing measured yet: a slow function must not be bundled
+        else:
+            wanted = self.target_seconds / max(self.seconds_per_item, 1e-7)
+            size = max(1, min(int(wanted), self.largest * GROWTH))
+        # Leave work for every thread to the end, so none idles while one finishes.
+        size = min(size, math.ceil(remaining / self.slots), self.max_items_by_bytes)
+        self.largest = max(self.largest, size)
+        return max(1, size)
+
+
+def check_items(items: Sequence[tuple], name: str) -> float:
+    """Pickle every item (in chunks, at C speed) before anything is sent.
+
+    Returns the mean pickled size of an item in bytes. Raises
+    ``SerializationError`` naming the index of the first item that cannot be
+    pickled, and which argument of it.
+    """
+    total_bytes = 0
+    start, chunk = 0, 256
+    while start < len(items):
+        part = items[start : start + chunk]
+        try:
+            size = len(pickling.dumps(part))
+        except Exception:
+            _raise_for_first_bad(part, start, name)
+            raise
+        total_bytes += size
+        start += len(part)
+        # Keep each chunk around 4 MB so checking large items does not double memory.
+        per_item = max(size / len(part), 1.0)
+        chunk = max(1, min(chunk * 4, int(4_000_000 / per_item)))
+    return total_bytes / len(items) if items else 0.0
+
+
+def _raise_for_first_bad(part: Sequence[tuple], offset: int, name: str) -> None:
+    for position, item in enumerate(part):
+        try:
+            pickling.dumps(item)
+        except Exception:
+            labelled = [(f"argument {i + 1}", value) for i, value in enumerate(item)]
+            culprit = pickling.find_unpicklable(labelled)
+            what = (
+                f"{culprit[0]} is a {pickling.type_name(culprit[1])}, which cannot be pickled "
+                f"({type(culprit[2]).__name__}: {culprit[2]})"
+                if culprit
+                else "it cannot be pickled"
+            )
+            raise SerializationError(
+                f"{name}.map(): item {offset + position}: {what}. Nothing was sent. Pass "
+                "plain data, or create the object inside the function instead."
+            ) from (culprit[2] if culprit else None)
+
+
+def contains_job(value: Any, job_type: type) -> bool:
+    """Whether ``value`` is a job or holds one in a list, tuple or dict."""
+    if isinstance(value, job_type):
+        return True
+    if type(value) in (list, tuple):
+        return any(contains_job(v, job_type) for v in value)
+    if type(value) is dict:
+        return any(contains_job(v, job_type) for v in value.values())
+    return False

@@ -1,0 +1,188 @@
+"""``@compute_this``: turn a function into one whose calls are lazy cluster jobs."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, overload
+
+from dc_jupyter import config
+from dc_jupyter.core.job import Job
+from dc_jupyter.core.map import MapJob
+from dc_jupyter.core.signature import make_binder
+
+if TYPE_CHECKING:
+    from dc_jupyter.backends.base import Backend
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How and where a function's jobs run."""
+
+    backend: Any = None
+    retries: int = 0
+    resources: Mapping[str, float] = field(default_factory=dict)
+    timeout: float | None = None
+    client: Any = None
+    cluster: Any = None
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
+            raise ValueError(f"retries must be a whole number >= 0, not {self.retries!r}")
+        if not isinstance(self.resources, Mapping):
+            raise TypeError(
+                f"resources must be a mapping like {{'GPU': 1}}, not {self.resources!r}"
+            )
+        object.__setattr__(self, "resources", dict(self.resources))
+        for name, amount in self.resources.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"resource names must be non-empty strings, not {name!r}")
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
+                raise ValueError(
+                    f"resource {name!r} needs a positive number, not {amount!r} "
+                    "(e.g. resources={'GPU': 1})"
+                )
+        object.__setattr__(self, "timeout", config.seconds(self.timeout, "timeout"))
+        if self.client is not None and not callable(getattr(self.client, "submit", None)):
+            raise TypeError(f"client= takes a distributed.Client, not {self.client!r}")
+        if self.cluster is not None and not getattr(self.cluster, "scheduler_address", None):
+            raise TypeError(
+                f"cluster= takes a Dask cluster object (e.g. LocalCluster), not {self.cluster!r}"
+            )
+        if self.address is not None and not isinstance(self.address, str):
+            raise TypeError(
+                f"address must be a string like 'tcp://host:8786', not {self.address!r}"
+            )
+
+
+class RemoteFunction:
+    """A function whose calls return lazy ``Job`` objects instead of running.
+
+    ``func(*args)`` checks the arguments and returns a ``Job``; ``func.map(...)``
+    returns a ``MapJob``; ``func.local(*args)`` (or ``func.__wrapped__``) runs
+    the plain function here and now.
+    """
+
+    def __init__(self, func: Callable, options: JobOptions) -> None:
+        if not callable(func):
+            raise TypeError(f"@compute_this decorates a function, not {func!r}")
+        functools.update_wrapper(self, func)
+        self.options = options
+        try:
+            self._bind = make_binder(func, getattr(func, "__name__", None))
+        except (TypeError, ValueError):
+            # No inspectable signature (some builtins): let the call itself complain.
+            self._bind = lambda *args, **kwargs: {"args": args, "kwargs": kwargs}
+        self._backend: Backend | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Job:
+        bound = self._bind(*args, **kwargs)
+        return Job(self, args, kwargs, bound)
+
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the plain function in this process, without pickling or a cluster."""
+        return self.__wrapped__(*args, **kwargs)
+
+    def map(self, *iterables: Iterable) -> MapJob:
+        """A lazy job that calls the function once per item, like the builtin ``map``.
+
+        Every item is checked against the signature before anything is sent;
+        ``.compute()`` returns the results as a list, in input order.
+        """
+        return MapJob(self, iterables)
+
+    def backend(self) -> Backend:
+        """The backend this function's jobs run on (resolved on first use)."""
+        if self._backend is None:
+            from dc_jupyter.backends import resolve_backend
+
+            self._backend = resolve_backend(self.options)
+        return self._backend
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        # Decorating a method: bind like a plain function would.
+        if instance is None:
+            return self
+        return functools.partial(self.__call__, instance)
+
+    def __repr__(self) -> str:
+        return f"<compute_this {self.__qualname__}{self.__signature__}>"
+
+    @property
+    def __signature__(self):  # noqa: D401 - mirrors inspect's attribute
+        import inspect
+
+        return inspect.signature(self.__wrapped__)
+
+
+@overload
+def compute_this(func: Callable, /) -> RemoteFunction: ...
+
+
+@overload
+def compute_this(
+    *,
+    backend: Any = None,
+    retries: int = 0,
+    resources: Mapping[str, float] | None = None,
+    timeout: float | str | None = None,
+    client: Any = None,
+    cluster: Any = None,
+    address: str | None = None,
+) -> Callable[[Callable], RemoteFunction]: ...
+
+
+def compute_this(
+    func: Callable | None = None,
+    /,
+    *,
+    backend: Any = None,
+    retries: int = 0,
+    resources: Mapping[str, float] | None = None,
+    timeout: float | str | None = None,
+    client: Any = None,
+    cluster: Any = None,
+    address: str | None = None,
+):
+    """Make a function's calls run on a cluster: ``func(2).compute()``.
+
+    Use bare (``@compute_this``) or called (``@compute_this(retries=2)``).
+
+    Parameters
+    ----------
+    backend
+        ``"dask"`` (default), ``"local"`` (in this process, through the same
+        pickling), any ``concurrent.futures.Executor``, or a ``Backend``.
+    retries
+        How often Dask retries a task whose worker died or that raised.
+    resources
+        Worker resources each task needs, e.g. ``{"GPU": 1}``.
+    timeout
+        Seconds (or a string like ``"30s"``) before ``compute()`` gives up with
+        ``TimeoutError`` and cancels the remote task.
+    client, cluster, address
+        Run on this ``distributed.Client``, Dask cluster object or scheduler
+        address instead of the one found automatically.
+
+    Examples
+    --------
+    >>> @compute_this()
+    ... def func(x):
+    ...     return x * x
+    >>> func(2).compute()
+    4
+    """
+    options = JobOptions(
+        backend=backend,
+        retries=retries,
+        resources=resources if resources is not None else {},
+        timeout=timeout,
+        client=client,
+        cluster=cluster,
+        address=address,
+    )
+    if func is not None:
+        return RemoteFunction(func, options)
+    return lambda f: RemoteFunction(f, options)

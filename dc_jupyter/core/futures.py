@@ -1,0 +1,232 @@
+"""Handles for submitted work, in the ``concurrent.futures`` vocabulary.
+
+A ``JobFuture`` wraps a backend's own future (a ``distributed.Future`` or a
+``concurrent.futures.Future``) whose result is a pickled blob, and gives the
+familiar ``result(timeout)``, ``exception()``, ``done()``, ``cancel()``,
+``add_done_callback()`` plus a ``status`` string.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from dc_jupyter.backends.dask.errors import translate_backend_error
+from dc_jupyter.core import pickling
+
+logger = logging.getLogger(__name__)
+
+_NOT_YET = object()
+
+#: Frames from these files are plumbing; remote tracebacks start at user code.
+_PLUMBING = (
+    "/distributed/",
+    "/dc_jupyter/",
+    "<dynamic-code>",
+    "dc_jupyter_worker_",  # the worker module as installed on the cluster (backends.dask.install)
+    "concurrent/futures/",
+    "/tornado/",
+)
+
+
+def _strip_plumbing(exc: BaseException) -> BaseException:
+    tb = exc.__traceback__
+    while tb is not None and any(p in tb.tb_frame.f_code.co_filename for p in _PLUMBING):
+        tb = tb.tb_next
+    if tb is not None:
+        exc.__traceback__ = tb
+    return exc
+
+
+class JobFuture:
+    """A submitted job: wait for it, cancel it, or ask how it is doing.
+
+    Parameters
+    ----------
+    inner
+        The backend's future; its result is a blob from ``remote.job.run_job``.
+    name
+        What runs, for messages and widgets (e.g. ``"square"``).
+    keep
+        Objects to keep alive as long as this handle (e.g. dependency futures).
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        name: str,
+        key: str | None = None,
+        keep: tuple = (),
+        on_cancel: Callable[[], None] | None = None,
+        canceller: Callable[[list[JobFuture]], None] | None = None,
+    ) -> None:
+        self._inner = inner
+        self.name = name
+        self.key = key
+        self._keep = keep
+        self._on_cancel = on_cancel
+        # Cancels a batch of handles of one backend in one go and stops their
+        # running code (``backends.dask.backend.DaskCanceller``); None: the
+        # inner future's own cancel().
+        self._canceller = canceller
+        self._value: Any = _NOT_YET
+        self._error: BaseException | None = None  # the failure, once seen
+        self._lock = threading.Lock()
+        self.submitted_at = time.monotonic()
+
+    # -- state -------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        """One of ``pending``, ``running``, ``finished``, ``error``, ``cancelled``."""
+        if self._error is not None:
+            return "error"
+        inner = self._inner
+        status = getattr(inner, "status", None)
+        if isinstance(status, str):
+            return {"lost": "error"}.get(status, status)
+        if inner.cancelled():
+            return "cancelled"
+        if inner.done():
+            return "error" if inner.exception() is not None else "finished"
+        return "running" if inner.running() else "pending"
+
+    def done(self) -> bool:
+        """True when the job finished, failed or was cancelled."""
+        return self._inner.done()
+
+    def cancelled(self) -> bool:
+        return self.status == "cancelled"
+
+    # -- waiting ---------------------------------------------------------
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job and return its value, or raise its exception.
+
+        Raises ``TimeoutError`` if it is not done within ``timeout`` seconds (the
+        job keeps running, as with ``concurrent.futures``). A ``KeyboardInterrupt``
+        while waiting cancels the job and is raised again.
+        """
+        __tracebackhide__ = True  # IPython: show the remote frames, not this plumbing
+        if self._value is not _NOT_YET:
+            return self._value
+        if self._error is not None:
+            raise self._error
+        try:
+            blob = self._inner.result(timeout=timeout)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        except TimeoutError:
+            raise
+        except Exception as exc:
+            clearer = translate_backend_error(exc, self)
+            if clearer is not None:
+                clearer.__cause__ = exc
+            else:
+                clearer = _strip_plumbing(exc)
+            self._error = clearer
+            # Dask keeps the exception it raised in the client, and raising it
+            # links our frames (so this future) to it: a cycle through the client
+            # that would keep the erred task on the scheduler for good. Release
+            # the future; the error is kept here for later calls.
+            _release(self._inner)
+            raise clearer from clearer.__cause__
+        with self._lock:
+            if self._value is _NOT_YET:
+                self._value = pickling.loads_result(blob)
+        return self._value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait like ``result`` and return the job's exception, or None on success."""
+        try:
+            self.result(timeout)
+        except TimeoutError:
+            if not self.done():
+                raise
+            return self._error or self._inner.exception()
+        except Exception as exc:
+            return exc
+        return None
+
+    def cancel(self) -> bool:
+        """Cancel the job and its dependencies: queued work is dropped and running
+        Python code is stopped on the worker (see ``remote.job.running_task``).
+
+        True if it was not done yet.
+        """
+        return cancel_many([self])
+
+    def add_done_callback(self, fn: Callable[[JobFuture], Any]) -> None:
+        """Call ``fn(self)`` when the job is done; errors in ``fn`` are logged, not raised."""
+
+        def call(_inner: Any) -> None:
+            try:
+                fn(self)
+            except Exception:
+                logger.exception("dc_jupyter: a done-callback raised")
+
+        self._inner.add_done_callback(call)
+
+    def __repr__(self) -> str:
+        return f"<JobFuture {self.name} status={self.status}>"
+
+    def _ipython_display_(self) -> None:
+        """Displayed in a notebook: the live widget, with a cancel button."""
+        from dc_jupyter.ui.display import show
+
+        show(self)
+
+
+def _release(inner: Any) -> None:
+    release = getattr(inner, "release", None)  # distributed.Future only
+    if release is not None:
+        release()
+
+
+def _with_dependencies(handles: list[JobFuture]) -> list[JobFuture]:
+    seen: dict[int, JobFuture] = {}
+    todo = list(handles)
+    while todo:
+        handle = todo.pop()
+        if id(handle) in seen:
+            continue
+        seen[id(handle)] = handle
+        todo.extend(k for k in handle._keep if isinstance(k, JobFuture))
+    return list(seen.values())
+
+
+def cancel_many(handles: list[JobFuture]) -> bool:
+    """Cancel many handles (and their dependencies) with one request per backend.
+
+    Returns True if any of ``handles`` was not done yet. Errors while telling
+    the cluster (e.g. it is gone) are logged: cancelling must never hang or
+    hide the reason the caller is cancelling.
+    """
+    handles = list(handles)
+    not_done = any(not h.done() for h in handles)
+    groups: dict[Any, list[JobFuture]] = {}
+    for handle in _with_dependencies(handles):
+        groups.setdefault(handle._canceller, []).append(handle)
+    for canceller, group in groups.items():
+        if canceller is None:
+            for handle in group:
+                handle._inner.cancel()
+            continue
+        try:
+            canceller(group)
+        except Exception:
+            logger.warning("dc_jupyter: could not cancel on the cluster", exc_info=True)
+    for handle in handles:
+        if handle._on_cancel is not None:
+            handle._on_cancel()
+    return not_done
+
+
+def format_exception_summary(exc: BaseException) -> str:
+    """The one-line summary of an exception, as the last line of a traceback shows it."""
+    summary = traceback.TracebackException(type(exc), exc, None, compact=True)
+    summary.__notes__ = None  # notes (e.g. "raised by item 3 of f.map") come after that line
+    return "".join(summary.format_exception_only()).strip().splitlines()[-1]

@@ -1,0 +1,99 @@
+"""Pickling on the notebook side: calls out, results back.
+
+Everything goes through cloudpickle, so functions, lambdas, closures and
+classes defined in a notebook travel by value. When something cannot be
+pickled, the error names the argument (or captured variable) and its type,
+and nothing has been sent.
+"""
+
+from __future__ import annotations
+
+import io
+import types
+from collections import ChainMap
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import cloudpickle
+
+from dc_jupyter.errors import SerializationError
+from dc_jupyter.remote import job as remote_job
+from dc_jupyter.remote import plugins
+
+# Workers don't have dc_jupyter: ship the worker-side module's code by value.
+cloudpickle.register_pickle_by_value(remote_job)
+cloudpickle.register_pickle_by_value(plugins)
+
+
+def _code_reduce_keeping_filename(code: types.CodeType) -> tuple:
+    # cloudpickle (3.x) replaces co_filename with "<dynamic-code>", which makes
+    # remote tracebacks lose the notebook's source lines. Keep the real one.
+    constructor, args = cloudpickle.cloudpickle._code_reduce(code)
+    args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+    return constructor, args
+
+
+class _Pickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap(
+        {types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table
+    )
+
+
+def dumps(value: Any) -> bytes:
+    """cloudpickle ``value``, keeping source file names so tracebacks show real lines."""
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=remote_job.PICKLE_PROTOCOL).dump(value)
+    return buffer.getvalue()
+
+
+def type_name(value: Any) -> str:
+    """``module.Qualname`` of a value's type, as users see it in messages."""
+    kind = type(value)
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def find_unpicklable(named_values: Iterable[tuple[str, Any]]) -> tuple[str, Any, Exception] | None:
+    """Return ``(label, value, error)`` for the first value that cannot be pickled."""
+    for label, value in named_values:
+        try:
+            dumps(value)
+        except Exception as exc:
+            return label, value, exc
+    return None
+
+
+def dumps_call(
+    func: Any,
+    args: tuple,
+    kwargs: dict,
+    slots: tuple = (),
+    *,
+    name: str,
+    labelled: Callable[[], Iterable[tuple[str, Any]]] = tuple,
+) -> bytes:
+    """Pickle a call for ``remote_job.run_job``.
+
+    ``labelled()`` returns ``(label, value)`` pairs for the call's arguments; it
+    is only called when pickling fails, to name the culprit (the hot path stays
+    free of signature inspection).
+    """
+    try:
+        return dumps((func, args, kwargs, slots))
+    except Exception as exc:
+        culprit = find_unpicklable([(f"the function {name}", func), *labelled()])
+        if culprit is None:
+            raise SerializationError(
+                f"Cannot pickle the call to {name}(): {type(exc).__name__}: {exc}"
+            ) from exc
+        label, value, error = culprit
+        raise SerializationError(
+            f"Cannot send {label} of {name}(): a {type_name(value)} cannot be pickled "
+            f"({type(error).__name__}: {error}). Nothing was sent. Pass plain data, or create "
+            "the object inside the function instead."
+        ) from error
+
+
+def loads_result(blob: bytes) -> Any:
+    """Unpickle a result blob produced by ``remote_job.dump_result``."""
+    return cloudpickle.loads(blob)

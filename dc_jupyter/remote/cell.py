@@ -1,0 +1,355 @@
+"""What runs on a worker for ``%%distribute``: execute a cell, stream its output.
+
+Shipped *by value* like ``remote.job`` (workers do not have dc_jupyter): import
+only the standard library and cloudpickle here; ``distributed`` only lazily,
+inside functions, since every Dask worker has it and the local backend may not
+run on one.
+
+While the cell runs on a Dask worker, ``sys.stdout``/``sys.stderr`` writes
+from the thread running it are buffered and sent to the notebook as Dask
+events on ``OUTPUT_TOPIC`` at most every ``FLUSH_INTERVAL`` seconds
+(coalesced, so a print loop does not flood), ending with a ``final`` message
+that tells the notebook all output has been sent.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import io
+import os
+import sys
+import threading
+import types
+
+import cloudpickle
+
+OUTPUT_TOPIC = "dc_jupyter-cell-output"
+FLUSH_INTERVAL = 0.1
+PICKLE_PROTOCOL = 5
+
+
+def run_cell(
+    source: str,
+    filename: str,
+    namespace_blob: bytes,
+    cell_id: str,
+    names: tuple,
+    deleted: tuple,
+    send_all: bool,
+    has_result: bool,
+    part: int = 0,
+    sweep_name: str | None = None,
+    sweep_value=None,
+) -> bytes:
+    """Run ``source`` in a namespace made of the captured values.
+
+    Returns a pickled dict: ``values`` (the ``names`` the cell left bound; every
+    name if ``send_all``), ``deleted`` (of ``deleted``, those now unbound) and
+    ``result`` (the last expression's value when ``has_result``).
+    """
+    namespace = cloudpickle.loads(namespace_blob)
+    namespace["__name__"] = "__main__"  # so cloudpickle sends cell functions by value
+    namespace["__builtins__"] = builtins
+    if sweep_name is not None:
+        namespace[sweep_name] = sweep_value
+    if "get_ipython" in source:  # %time / !cmd lines were turned into get_ipython() calls
+        shell = WorkerShell(namespace)
+        namespace["get_ipython"] = lambda: shell
+    tree = ast.parse(source, filename)
+    last = tree.body.pop() if has_result and tree.body else None
+    with _forwarding_output(cell_id, part):
+        exec(compile(tree, filename, "exec"), namespace)
+        result = None
+        if last is not None:
+            expression = ast.Expression(last.value)
+            result = eval(compile(expression, filename, "eval"), namespace)
+    if send_all:
+        skip = {sweep_name, "get_ipython"}
+        names = [n for n in namespace if not n.startswith("__") and n not in skip]
+    values = {n: namespace[n] for n in names if n in namespace}
+    gone = [n for n in deleted if n not in namespace]
+    return _dump_outcome({"values": values, "deleted": gone, "result": result})
+
+
+# -- results -------------------------------------------------------------------------
+
+
+def _code_reduce_keeping_filename(code: types.CodeType) -> tuple:
+    # Functions the cell defines come back to the notebook; keep their file
+    # name (the cell's) so later tracebacks still show the cell's lines.
+    constructor, args = cloudpickle.cloudpickle._code_reduce(code)
+    return constructor, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
+def _dumps(value) -> bytes:
+    # The Pickler subclass is made here, on the worker, with type(): a
+    # module-level class would be shipped by value together with cloudpickle's
+    # dispatch table, and a class body would not see this module's globals.
+    from collections import ChainMap
+
+    table = ChainMap(
+        {types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table
+    )
+    pickler_class = type("_Pickler", (cloudpickle.Pickler,), {"dispatch_table": table})
+    buffer = io.BytesIO()
+    pickler_class(buffer, protocol=PICKLE_PROTOCOL).dump(value)
+    return buffer.getvalue()
+
+
+def _dump_outcome(outcome: dict) -> bytes:
+    """Pickle the outcome; a variable that cannot be pickled is left out and reported.
+
+    Everything goes in one pickle so that objects shared between names stay
+    shared, and instances keep the very class the cell defined.
+    """
+    try:
+        return _dumps(outcome)
+    except Exception:
+        pass
+    try:
+        _dumps(outcome["result"])
+    except Exception as exc:
+        raise TypeError(
+            f"The cell's last expression is a {_type_name(outcome['result'])}, which cannot be "
+            f"pickled to send back to the notebook ({type(exc).__name__}: {exc}). End the cell "
+            "with a value that can (numbers, strings, lists, dicts, arrays)."
+        ) from None
+    skipped = {}
+    for name, value in list(outcome["values"].items()):
+        try:
+            _dumps(value)
+        except Exception as exc:
+            skipped[name] = f"a {_type_name(value)} cannot be pickled ({type(exc).__name__}: {exc})"
+            del outcome["values"][name]
+    outcome["skipped"] = skipped
+    return _dumps(outcome)
+
+
+def _type_name(value) -> str:
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+# -- live output ---------------------------------------------------------------------
+
+
+class _ThreadRouter:
+    """Stands in for ``sys.stdout``/``sys.stderr``: writes from registered threads go to
+    their own sink, everything else to the original stream."""
+
+    dc_jupyter_router = True  # duck-typed: each shipped copy of this module has its own class
+
+    def __init__(self, original) -> None:
+        self.original = original
+        self.sinks: dict[int, object] = {}
+
+    def write(self, text: str) -> int:
+        sink = self.sinks.get(threading.get_ident())
+        return (sink if sink is not None else self.original).write(text)
+
+    def flush(self) -> None:
+        sink = self.sinks.get(threading.get_ident())
+        if sink is None:
+            self.original.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.original, name)
+
+
+class _Sink:
+    def __init__(self, forwarder: _Forwarder, stream: str) -> None:
+        self.forwarder = forwarder
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self.forwarder.add(self.stream, text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _Forwarder:
+    """Buffers a cell's output and sends it as events, coalesced in time."""
+
+    def __init__(self, worker, cell_id: str, part: int) -> None:
+        self.worker = worker
+        self.cell_id = cell_id
+        self.part = part
+        self.attempt = os.urandom(8).hex()  # a retried run starts its sequence again
+        self.seq = 0
+        self.pending: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(
+            target=self._run, name=f"dc_jupyter-output-{cell_id}", daemon=True
+        )
+
+    def add(self, stream: str, text: str) -> None:
+        with self.lock:
+            if self.pending and self.pending[-1][0] == stream:
+                self.pending[-1] = (stream, self.pending[-1][1] + text)
+            else:
+                self.pending.append((stream, text))
+
+    def send_pending(self) -> None:
+        with self.lock:
+            chunks, self.pending = self.pending, []
+            for stream, text in chunks:
+                self._send({"stream": stream, "text": text})
+
+    def _send(self, fields: dict) -> None:
+        # under self.lock: sequence numbers leave in order
+        message = {
+            "cell": self.cell_id,
+            "part": self.part,
+            "attempt": self.attempt,
+            "seq": self.seq,
+            **fields,
+        }
+        self.seq += 1
+        self.worker.log_event(OUTPUT_TOPIC, message)
+
+    def _run(self) -> None:
+        while not self.stop.wait(FLUSH_INTERVAL):
+            self.send_pending()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.send_pending()
+        with self.lock:
+            self._send({"final": True})
+
+
+def _current_worker():
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):
+        return None  # local backend: print straight to this process's streams
+
+
+def _install_routers() -> tuple:
+    # One lock for every shipped copy of this module in the process.
+    lock = sys.__dict__.setdefault("_dc_jupyter_router_lock", threading.Lock())
+    with lock:
+        for name in ("stdout", "stderr"):
+            if not getattr(getattr(sys, name), "dc_jupyter_router", False):
+                setattr(sys, name, _ThreadRouter(getattr(sys, name)))
+        return sys.stdout, sys.stderr
+
+
+class _forwarding_output:
+    """Context manager: route this thread's output to the notebook while the cell runs."""
+
+    def __init__(self, cell_id: str, part: int) -> None:
+        self.cell_id = cell_id
+        self.part = part
+        self.forwarder = None
+
+    def __enter__(self):
+        worker = _current_worker()
+        if worker is None:
+            return self
+        self.forwarder = _Forwarder(worker, self.cell_id, self.part)
+        self.routers = _install_routers()
+        ident = threading.get_ident()
+        for router, stream in zip(self.routers, ("stdout", "stderr"), strict=True):
+            router.sinks[ident] = _Sink(self.forwarder, stream)
+        self.forwarder.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.forwarder is None:
+            return
+        ident = threading.get_ident()
+        for router in self.routers:
+            router.sinks.pop(ident, None)
+        self.forwarder.close()
+
+
+# -- IPython syntax inside the cell ----------------------------------------------------
+
+
+class WorkerShell:
+    """What ``get_ipython()`` returns inside a cell on a worker.
+
+    IPython turns ``%time``/``!cmd`` lines into calls on the shell; a worker has
+    no IPython shell, so the few magics that make sense there are done here and
+    the rest are refused with a clear message.
+    """
+
+    def __init__(self, namespace: dict) -> None:
+        self.namespace = namespace
+        self.user_ns = namespace
+
+    def run_line_magic(self, name: str, line: str, _stack_depth: int = 1):
+        if name == "time":
+            return self._time(line)
+        raise NotImplementedError(
+            f"%{name} is not available inside %%distribute (the worker has no IPython "
+            "shell); %time, !command and x = !command are. Run it in a cell of its own."
+        )
+
+    def run_cell_magic(self, name: str, line: str, cell: str):
+        if name == "time":
+            return self._time(cell)
+        raise NotImplementedError(
+            f"%%{name} is not available inside %%distribute (the worker has no IPython shell)."
+        )
+
+    def system(self, command: str) -> None:
+        import subprocess
+
+        proc = subprocess.run(command, shell=True, capture_output=True, text=True)
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr)
+        self.namespace["_exit_code"] = proc.returncode
+
+    def getoutput(self, command: str, split: bool = True, depth: int = 0):
+        import subprocess
+
+        proc = subprocess.run(command, shell=True, capture_output=True, text=True)
+        text = proc.stdout + proc.stderr
+        return text.splitlines() if split else text
+
+    def _time(self, code: str):
+        import os
+        import time
+
+        tree = ast.parse(code, "<timed exec>")
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        start_times, start_wall = os.times(), time.perf_counter()
+        exec(compile(tree, "<timed exec>", "exec"), self.namespace)
+        value = None
+        if last is not None:
+            expression = ast.Expression(last.value)
+            value = eval(compile(expression, "<timed eval>", "eval"), self.namespace)
+        end_times, wall = os.times(), time.perf_counter() - start_wall
+        user = end_times.user - start_times.user
+        system = end_times.system - start_times.system
+        print(
+            f"CPU times: user {_format_time(user)}, sys: {_format_time(system)}, "
+            f"total: {_format_time(user + system)}\nWall time: {_format_time(wall)}"
+        )
+        return value
+
+
+def _format_time(seconds: float) -> str:
+    # Same units as IPython's %time.
+    if seconds >= 1:
+        return f"{seconds:.3g} s"
+    for unit, scale in (("ms", 1e3), ("µs", 1e6), ("ns", 1e9)):
+        if seconds * scale >= 1 or unit == "ns":
+            return f"{seconds * scale:.3g} {unit}"
+    return f"{seconds:.3g} s"

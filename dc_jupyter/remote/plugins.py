@@ -1,0 +1,51 @@
+"""Dask plugins that install a module from its source text, in memory.
+
+They run on the scheduler and the workers, which do not have dc_jupyter, so
+this module is pickled by value (``core.pickling`` registers it) and imports only
+the standard library and ``distributed``. Nothing touches the file system:
+Dask's own ``upload_file`` writes into scratch directories that another
+cluster on the same machine may clean up underneath it (seen in our tests).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
+
+
+def install_module(name: str, source: bytes) -> None:
+    """Create module ``name`` from ``source`` unless this process has it already."""
+    if name in sys.modules:
+        return
+    module = types.ModuleType(name)
+    module.__file__ = f"<{name}>"
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    sys.modules[name] = module
+
+
+class InstallOnWorkers(WorkerPlugin):
+    """Installs the module on every worker, including those that join later."""
+
+    idempotent = True
+
+    def __init__(self, name: str, source: bytes) -> None:
+        self.name = f"install-{name}"
+        self.module_name, self.source = name, source
+
+    def setup(self, worker) -> None:
+        install_module(self.module_name, self.source)
+
+
+class InstallOnScheduler(SchedulerPlugin):
+    """Installs the module on the scheduler, which unpickles task specs too."""
+
+    idempotent = True
+
+    def __init__(self, name: str, source: bytes) -> None:
+        self.name = f"install-{name}"
+        self.module_name, self.source = name, source
+
+    async def start(self, scheduler) -> None:
+        install_module(self.module_name, self.source)
