@@ -36,9 +36,11 @@ def cluster(tmp_path_factory):
     proc_cluster = ProcessCluster(
         n_workers=2, worker_args=["--preload", BLOCK_PRELOAD], workdir=str(workdir)
     )
-    proc_cluster.start()
-    yield proc_cluster
-    proc_cluster.stop()
+    try:
+        proc_cluster.start()
+        yield proc_cluster
+    finally:  # also when start() fails (workers late on a loaded machine): no orphans
+        proc_cluster.stop()
 
 
 @pytest.fixture(scope="session")

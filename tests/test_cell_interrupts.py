@@ -34,9 +34,11 @@ def lone(tmp_path_factory):
         worker_args=["--preload", BLOCK_PRELOAD],
         workdir=str(tmp_path_factory.mktemp("lone")),
     )
-    c.start()
-    yield c
-    c.stop()
+    try:
+        c.start()
+        yield c
+    finally:  # also when start() fails: no orphaned scheduler or worker
+        c.stop()
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +103,31 @@ def execute(kc, code: str, interrupt_after: float | None = None, km=None, timeou
             break
     if messages:
         messages[0]["interrupted_at"] = interrupted_at
-    reply = kc.get_shell_msg(timeout=10)
-    assert reply["parent_header"]["msg_id"] == msg_id
+    reply = shell_reply(kc, msg_id)
     return reply["content"], messages
+
+
+def shell_reply(kc, msg_id: str, timeout: float = 10) -> dict:
+    """The shell channel's reply to request ``msg_id``.
+
+    Replies to earlier requests (an extra ``kernel_info_reply`` left by
+    ``wait_for_ready``, or an earlier cell's reply that came late) are stale:
+    they are discarded, never taken as this request's reply.
+    """
+    deadline = time.monotonic() + timeout
+    stale = []
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            reply = kc.get_shell_msg(timeout=max(left, 0.01))
+        except queue.Empty:
+            raise AssertionError(
+                f"no reply to {msg_id} within {timeout} s; stale replies seen: {stale}"
+            ) from None
+        if reply["parent_header"].get("msg_id") == msg_id:
+            assert reply["msg_type"] == "execute_reply", reply["msg_type"]
+            return reply
+        stale.append((reply["msg_type"], reply["parent_header"].get("msg_id")))
 
 
 def assert_worker_free_and_scheduler_empty(client) -> None:

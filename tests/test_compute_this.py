@@ -446,9 +446,11 @@ def mismatched_cluster(tmp_path_factory):
         worker_args=["--preload", str(HERE / "fake_versions_preload.py")],
         workdir=str(tmp_path_factory.mktemp("mismatch")),
     )
-    c.start()
-    yield c
-    c.stop()
+    try:
+        c.start()
+        yield c
+    finally:  # also when start() fails: no orphaned scheduler or worker
+        c.stop()
 
 
 def test_version_mismatch_names_package_and_both_versions(mismatched_cluster):

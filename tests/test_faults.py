@@ -49,9 +49,11 @@ def faulty(tmp_path_factory):
         workdir=str(tmp_path_factory.mktemp("faulty")),
         env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"},
     )
-    c.start()
-    yield c
-    c.stop()
+    try:
+        c.start()
+        yield c
+    finally:  # also when start() fails: no orphaned scheduler or worker
+        c.stop()
 
 
 @pytest.fixture(scope="module")

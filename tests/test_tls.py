@@ -117,10 +117,12 @@ def tls_cluster(certs, tmp_path_factory):
         worker_args=["--preload", BLOCK_PRELOAD, *node],
         workdir=str(tmp_path_factory.mktemp("tls")),
     )
-    with dask.config.set(_tls_config(certs)):  # so the start-up check can connect
-        c.start()
-    yield c
-    c.stop()
+    try:
+        with dask.config.set(_tls_config(certs)):  # so the start-up check can connect
+            c.start()
+        yield c
+    finally:  # also when start() fails: no orphaned scheduler or worker
+        c.stop()
 
 
 @pytest.fixture
