@@ -205,10 +205,14 @@ def cancel_many(handles: list[JobFuture]) -> bool:
     the cluster (e.g. it is gone) are logged: cancelling must never hang or
     hide the reason the caller is cancelling.
     """
-    handles = list(handles)
-    not_done = any(not h.done() for h in handles)
+    # A finished handle (and what it waited for) is left alone: Dask would mark
+    # even a finished future "cancelled", and the handle would then say so.
+    handles = [h for h in handles if not h.done()]
+    not_done = bool(handles)
     groups: dict[Any, list[JobFuture]] = {}
     for handle in _with_dependencies(handles):
+        if handle.done():
+            continue
         groups.setdefault(handle._canceller, []).append(handle)
     for canceller, group in groups.items():
         if canceller is None:
