@@ -103,8 +103,25 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
 
 def _label(shell: Any, options: CellOptions) -> str:
     """What the widget calls the cell: ``In[7] %%distribute`` (``--map x`` for a sweep)."""
-    label = f"In[{shell.execution_count}] %%distribute"
+    label = f"In[{cell_number(shell)}] %%distribute"
     return f"{label} --map {options.map_name}" if options.map_name else label
+
+
+def cell_number(shell: Any) -> int:
+    """The ``n`` of ``In[n]`` of the cell running now.
+
+    IPython 9 raises ``execution_count`` before a cell runs, IPython 8 after, so
+    it is read where IPython itself records it: the file name it compiled the
+    running cell under (the frame that called the magic) maps to the number.
+    """
+    numbers = getattr(shell.compile, "_filename_map", {})
+    frame = sys._getframe(1)
+    while frame is not None:
+        number = numbers.get(frame.f_code.co_filename)
+        if number is not None:
+            return number
+        frame = frame.f_back
+    return shell.execution_count  # called outside a running cell
 
 
 # -- before sending ----------------------------------------------------------------------
@@ -142,7 +159,7 @@ def _plan(shell: Any, cell: str, options: CellOptions, header: str) -> _Plan:
     # cell's own lines. The header line keeps line numbers as in the notebook.
     header = header or "%%distribute"
     filename = shell.compile.cache(
-        f"{header}\n{transformed}", shell.execution_count, raw_code=f"{header}\n{cell}"
+        f"{header}\n{transformed}", cell_number(shell), raw_code=f"{header}\n{cell}"
     )
     source = "\n" + transformed
     analysis = analyze_cell(source, filename)
