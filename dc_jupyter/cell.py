@@ -30,6 +30,7 @@ from .display import show, watching
 from .errors import SerializationError
 from .handle import format_exception_summary
 from .mapping import MapJob
+from .remote_traceback import hide_local_frames
 
 __all__ = ["CellOptions", "run_cell"]
 
@@ -97,7 +98,11 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
         return None
     with watching(handle, label):
         _wait(handle, output, _job_options(options).timeout)
-        outcome = _outcome(plan, handle)
+        try:
+            outcome = _outcome(plan, handle)
+        except BaseException as exc:  # shown like a failure of a cell run here
+            hide_local_frames(exc, shell)
+            raise
     return _apply(shell, plan, outcome)
 
 
@@ -299,6 +304,7 @@ def _wait(handle: Any, output: CellOutput | None, timeout: float | None) -> None
 
 def _outcome(plan: _Plan, handle: Any) -> dict:
     """The cell's decoded outcome; a sweep's parts merged into lists in input order."""
+    __tracebackhide__ = True
     if plan.options.map_name is None:
         return handle.outcome()
     parts = handle.parts()
