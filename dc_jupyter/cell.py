@@ -123,7 +123,7 @@ def cell_number(shell: Any) -> int:
     frame = sys._getframe(1)
     while frame is not None:
         number = numbers.get(frame.f_code.co_filename)
-        if number is not None:
+        if number is not None and frame.f_code.co_name == "<module>":  # not a cell's function
             return number
         frame = frame.f_back
     return shell.execution_count  # called outside a running cell
