@@ -17,6 +17,9 @@ from nbclient import NotebookClient
 from dc_jupyter import compute_this, render
 
 WORKTREE = str(Path(__file__).resolve().parent.parent)
+# One real kernel runs the notebook once for all the checks; on a busy 2-core
+# machine that takes longer than the suite's 300 s per test.
+pytestmark = pytest.mark.timeout(900)
 
 
 @compute_this
@@ -116,6 +119,7 @@ def _arrows(text: str) -> list[str]:
 
 
 def _no_plumbing(text: str) -> None:
+    """No frame of dc_jupyter's, Dask's or IPython's own code is shown."""
     for word in (
         "dc_jupyter",
         "handle.py",
@@ -125,10 +129,8 @@ def _no_plumbing(text: str) -> None:
         "_worker",
         "distributed",
         "interactiveshell",
-        "def inverse",
-        "%%distribute\n",
     ):
-        assert word not in text.replace("-> ", ""), (word, text)
+        assert word not in text, (word, text)
 
 
 def test_kernel_runs_this_ipython(kernel_run):
