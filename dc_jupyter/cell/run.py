@@ -28,6 +28,7 @@ from dc_jupyter.core import pickling
 from dc_jupyter.core.function import JobOptions, RemoteFunction
 from dc_jupyter.core.futures import format_exception_summary
 from dc_jupyter.core.map import MapJob
+from dc_jupyter.core.tracebacks import hide_local_frames
 from dc_jupyter.errors import SerializationError
 from dc_jupyter.remote import cell as remote_cell
 from dc_jupyter.ui.display import show, watching
@@ -98,14 +99,35 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
         return None
     with watching(handle, label):
         _wait(handle, output, _job_options(options).timeout)
-        outcome = _outcome(plan, handle)
+        try:
+            outcome = _outcome(plan, handle)
+        except BaseException as exc:  # shown like a failure of a cell run here
+            hide_local_frames(exc, shell)
+            raise
     return _apply(shell, plan, outcome)
 
 
 def _label(shell: Any, options: CellOptions) -> str:
     """What the widget calls the cell: ``In[7] %%distribute`` (``--map x`` for a sweep)."""
-    label = f"In[{shell.execution_count}] %%distribute"
+    label = f"In[{cell_number(shell)}] %%distribute"
     return f"{label} --map {options.map_name}" if options.map_name else label
+
+
+def cell_number(shell: Any) -> int:
+    """The ``n`` of ``In[n]`` of the cell running now.
+
+    IPython 9 raises ``execution_count`` before a cell runs, IPython 8 after, so
+    it is read where IPython itself records it: the file name it compiled the
+    running cell under (the frame that called the magic) maps to the number.
+    """
+    numbers = getattr(shell.compile, "_filename_map", {})
+    frame = sys._getframe(1)
+    while frame is not None:
+        number = numbers.get(frame.f_code.co_filename)
+        if number is not None and frame.f_code.co_name == "<module>":  # not a cell's function
+            return number
+        frame = frame.f_back
+    return shell.execution_count  # called outside a running cell
 
 
 # -- before sending ----------------------------------------------------------------------
@@ -143,7 +165,7 @@ def _plan(shell: Any, cell: str, options: CellOptions, header: str) -> _Plan:
     # cell's own lines. The header line keeps line numbers as in the notebook.
     header = header or "%%distribute"
     filename = shell.compile.cache(
-        f"{header}\n{transformed}", shell.execution_count, raw_code=f"{header}\n{cell}"
+        f"{header}\n{transformed}", cell_number(shell), raw_code=f"{header}\n{cell}"
     )
     source = "\n" + transformed
     analysis = analyze_cell(source, filename)
@@ -283,6 +305,7 @@ def _wait(handle: Any, output: CellOutput | None, timeout: float | None) -> None
 
 def _outcome(plan: _Plan, handle: Any) -> dict:
     """The cell's decoded outcome; a sweep's parts merged into lists in input order."""
+    __tracebackhide__ = True
     if plan.options.map_name is None:
         return handle.outcome()
     parts = handle.parts()

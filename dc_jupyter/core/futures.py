@@ -17,20 +17,11 @@ from typing import Any
 
 from dc_jupyter.backends.dask.errors import translate_backend_error
 from dc_jupyter.core import pickling
+from dc_jupyter.core.tracebacks import _PLUMBING, rebuild
 
 logger = logging.getLogger(__name__)
 
 _NOT_YET = object()
-
-#: Frames from these files are plumbing; remote tracebacks start at user code.
-_PLUMBING = (
-    "/distributed/",
-    "/dc_jupyter/",
-    "<dynamic-code>",
-    "dc_jupyter_worker_",  # the worker module as installed on the cluster (backends.dask.install)
-    "concurrent/futures/",
-    "/tornado/",
-)
 
 
 def _strip_plumbing(exc: BaseException) -> BaseException:
@@ -39,7 +30,7 @@ def _strip_plumbing(exc: BaseException) -> BaseException:
         tb = tb.tb_next
     if tb is not None:
         exc.__traceback__ = tb
-    return exc
+    return rebuild(exc)
 
 
 class JobFuture:
@@ -75,6 +66,7 @@ class JobFuture:
         self._canceller = canceller
         self._value: Any = _NOT_YET
         self._error: BaseException | None = None  # the failure, once seen
+        self._error_tb: Any = None  # its traceback as it arrived
         self._lock = threading.Lock()
         self.submitted_at = time.monotonic()
 
@@ -110,10 +102,18 @@ class JobFuture:
         while waiting cancels the job and is raised again.
         """
         __tracebackhide__ = True  # IPython: show the remote frames, not this plumbing
-        if self._value is not _NOT_YET:
-            return self._value
+        self._settle(timeout)
         if self._error is not None:
-            raise self._error
+            # Always with the traceback it came with: each raise adds the frames
+            # it passes through, and an earlier raise (a widget's) must not show.
+            raise self._error.with_traceback(self._error_tb)
+        return self._value
+
+    def _settle(self, timeout: float | None) -> None:
+        """Wait until the value or the error is here; raises only while waiting."""
+        __tracebackhide__ = True
+        if self._value is not _NOT_YET or self._error is not None:
+            return
         try:
             blob = self._inner.result(timeout=timeout)
         except KeyboardInterrupt:
@@ -122,34 +122,36 @@ class JobFuture:
         except TimeoutError:
             raise
         except Exception as exc:
-            clearer = translate_backend_error(exc, self)
-            if clearer is not None:
-                clearer.__cause__ = exc
-            else:
-                clearer = _strip_plumbing(exc)
-            self._error = clearer
+            with self._lock:
+                if self._error is None:
+                    clearer = translate_backend_error(exc, self)
+                    if clearer is not None:
+                        clearer.__cause__ = exc
+                    else:
+                        clearer = _strip_plumbing(exc)
+                    self._error_tb = clearer.__traceback__
+                    self._error = clearer
             # Dask keeps the exception it raised in the client, and raising it
             # links our frames (so this future) to it: a cycle through the client
             # that would keep the erred task on the scheduler for good. Release
             # the future; the error is kept here for later calls.
             _release(self._inner)
-            raise clearer from clearer.__cause__
+            return
         with self._lock:
             if self._value is _NOT_YET:
                 self._value = pickling.loads_result(blob)
-        return self._value
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait like ``result`` and return the job's exception, or None on success."""
         try:
-            self.result(timeout)
+            self._settle(timeout)
         except TimeoutError:
             if not self.done():
                 raise
             return self._error or self._inner.exception()
         except Exception as exc:
             return exc
-        return None
+        return self._error
 
     def cancel(self) -> bool:
         """Cancel the job and its dependencies: queued work is dropped and running
@@ -205,10 +207,14 @@ def cancel_many(handles: list[JobFuture]) -> bool:
     the cluster (e.g. it is gone) are logged: cancelling must never hang or
     hide the reason the caller is cancelling.
     """
-    handles = list(handles)
-    not_done = any(not h.done() for h in handles)
+    # A finished handle (and what it waited for) is left alone: Dask would mark
+    # even a finished future "cancelled", and the handle would then say so.
+    handles = [h for h in handles if not h.done()]
+    not_done = bool(handles)
     groups: dict[Any, list[JobFuture]] = {}
     for handle in _with_dependencies(handles):
+        if handle.done():
+            continue
         groups.setdefault(handle._canceller, []).append(handle)
     for canceller, group in groups.items():
         if canceller is None:

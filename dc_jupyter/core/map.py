@@ -100,6 +100,7 @@ class MapJob:
         """
         # Checked before anything is sent: a bad timeout must not leave work running.
         timeout = self.function.options.timeout if timeout is None else seconds(timeout, "timeout")
+        __tracebackhide__ = True
         handle = self.submit()
         with watching(handle):
             return wait_or_cancel(_ResultWith(handle, errors), timeout)
@@ -162,6 +163,7 @@ class MapFuture:
         self._token = uuid.uuid4().hex[:12]
         self._results: list[Any] = [None] * len(items)
         self._errors: dict[int, BaseException] = {}
+        self._error_tbs: dict[int, Any] = {}  # each error's traceback as it arrived
         self._lock = threading.Lock()
         self._finished = threading.Event()
         self._next = 0  # first item not sent yet
@@ -312,11 +314,13 @@ class MapFuture:
             elif error is not None:
                 for index in range(start, start + count):
                     self._errors[index] = error
+                    self._error_tbs[index] = error.__traceback__
                 self._failed += count
             else:
                 self._results[start : start + count] = values
                 for position, exc in errors.items():
                     self._errors[start + position] = _strip_plumbing(exc)
+                    self._error_tbs[start + position] = exc.__traceback__
                 self._failed += len(errors)
                 self._done += count - len(errors)
                 worker = meta["worker"]
@@ -403,6 +407,7 @@ class MapFuture:
             raise
         with self._lock:
             failed = dict(self._errors)
+            tbs = dict(self._error_tbs)
             results = list(self._results)
             cancelled = self._cancelled
         if errors == "return":
@@ -419,7 +424,7 @@ class MapFuture:
             )
             if note not in getattr(exc, "__notes__", ()):
                 exc.add_note(note)
-            raise exc
+            raise exc.with_traceback(tbs.get(index))  # without an earlier raise's frames
         if cancelled:
             raise CancelledError(f"{self.name}.map was cancelled ({cancelled} items not run)")
         return results

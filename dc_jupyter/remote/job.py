@@ -111,8 +111,40 @@ def dump_result(result, name: str) -> bytes:
 def run_job(payload: bytes, *dep_blobs: bytes) -> bytes:
     """Run one call on a worker and return its pickled result."""
     with running_task():
-        name, result = call_payload(payload, dep_blobs)
+        try:
+            name, result = call_payload(payload, dep_blobs)
+        except BaseException as exc:
+            note_first_lines(exc)
+            raise
         return dump_result(result, name)
+
+
+#: Set on a failing task's exception (and those it chains to): for each frame of
+#: its traceback, ``(file, function, line) -> the function's first line``. A
+#: traceback travels as file, function and line only; the notebook side needs
+#: the first line to rebuild frames whose source IPython shows around the line
+#: that raised (``core.tracebacks``).
+FIRST_LINES_ATTR = "_dc_jupyter_first_lines"
+
+
+def note_first_lines(exc) -> None:
+    todo, seen = [exc], set()
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        lines = {}
+        tb = exc.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            lines[(code.co_filename, code.co_name, tb.tb_lineno)] = code.co_firstlineno
+            tb = tb.tb_next
+        try:
+            setattr(exc, FIRST_LINES_ATTR, lines)
+        except Exception:
+            pass
+        todo += [exc.__cause__, exc.__context__]
 
 
 # -- stopping running code (cancel, timeout, Ctrl-C in the notebook) ---------------
@@ -261,6 +293,7 @@ def _where() -> str:
 
 def _portable_error(exc: BaseException) -> BaseException:
     """``exc`` made picklable with its traceback (as Dask does it), or a stand-in."""
+    note_first_lines(exc)
     try:
         import tblib.pickling_support  # a dependency of distributed, so on every Dask worker
 
