@@ -154,6 +154,7 @@ class DistributeMagics(Magics):
             %distribute connect --scheduler-file F   use the scheduler in a scheduler file
             %distribute local [N]                    start an embedded local cluster of N workers
             %distribute close                        close the clusters dc_jupyter opened
+            %distribute requirements                 the versions workers need (pip format)
         """
         words = line.split()
         command, rest = (words[0], words[1:]) if words else ("", [])
@@ -169,6 +170,11 @@ class DistributeMagics(Magics):
                 raise UsageError(f"%distribute local takes a number of workers, not {rest[0]!r}")
             client = connection.start_local(int(rest[0]) if rest else None)
             return ClusterInfo(connection.describe(client))
+        if command == "requirements" and not rest:
+            from dc_jupyter.backends.dask.versions import worker_requirements
+
+            print(worker_requirements(), end="")
+            return None
         if command == "close" and not rest:
             connection.close()
             print("dc_jupyter: closed the clusters and connections it opened.")

@@ -7,6 +7,8 @@ connect beats a cryptic unpickling error on a worker.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 from typing import Any
 
 from dc_jupyter.errors import VersionMismatchError
@@ -57,3 +59,22 @@ def check_versions(client: Any) -> None:
             + "\nInstall matching versions on the notebook and the cluster (or set "
             "dask.config 'dc_jupyter.check-versions: false' to skip this check)."
         )
+
+
+def worker_requirements() -> str:
+    """A pip requirements file for worker nodes that matches this notebook.
+
+    Pins exactly the packages the version check compares (``CHECKED``), with the
+    Python minor version as a comment (pip cannot pin the interpreter). Workers
+    need these plus whatever the user's code imports, never dc_jupyter itself.
+    """
+    python = ".".join(platform.python_version_tuple()[:2])
+    lines = [
+        "# Worker requirements matching this notebook (python -m dc_jupyter requirements).",
+        f"# Python {python}.x on every worker and the scheduler (pip cannot pin it).",
+        "# Add the packages your own code imports; dc_jupyter itself is not needed.",
+    ]
+    for package in CHECKED:
+        if package != "python":
+            lines.append(f"{package}=={importlib.metadata.version(package)}")
+    return "\n".join(lines) + "\n"
