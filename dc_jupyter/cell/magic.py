@@ -154,6 +154,7 @@ class DistributeMagics(Magics):
             %distribute connect --scheduler-file F   use the scheduler in a scheduler file
             %distribute local [N]                    start an embedded local cluster of N workers
             %distribute close                        close the clusters dc_jupyter opened
+            %distribute logs [N]                     last N (20) lines of the embedded cluster's logs
         """
         words = line.split()
         command, rest = (words[0], words[1:]) if words else ("", [])
@@ -169,6 +170,11 @@ class DistributeMagics(Magics):
                 raise UsageError(f"%distribute local takes a number of workers, not {rest[0]!r}")
             client = connection.start_local(int(rest[0]) if rest else None)
             return ClusterInfo(connection.describe(client))
+        if command == "logs" and len(rest) <= 1:
+            if rest and not rest[0].isdigit():
+                raise UsageError(f"%distribute logs takes a number of lines, not {rest[0]!r}")
+            print(connection.embedded_logs(int(rest[0]) if rest else 20))
+            return None
         if command == "close" and not rest:
             connection.close()
             print("dc_jupyter: closed the clusters and connections it opened.")

@@ -106,6 +106,9 @@ class ProcessCluster:
             "--scheduler-file", str(self.scheduler_file),
             "--nworkers", "1", "--nthreads", str(self.nthreads),
             "--host", self.host, "--no-dashboard",
+            # Dask serves worker metrics over HTTP even without a dashboard:
+            # on this host only, not on every interface.
+            "--dashboard-address", f"{self.host}:0",
             "--name", name or f"worker-{index}",
             "--local-directory", str(self.workdir / f"worker-{index}"),
             *self.worker_args, *extra,
