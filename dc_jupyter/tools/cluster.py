@@ -66,14 +66,14 @@ class ProcessCluster:
         self.workers: list[subprocess.Popen] = []
 
     # -- lifecycle --------------------------------------------------------
-    def start(self, timeout: float = 60) -> ProcessCluster:
+    def start(self, timeout: float = 300) -> ProcessCluster:
         self.start_scheduler(timeout)
         for _ in range(self.n_workers):
             self.add_worker()
         self.wait_for_workers(self.n_workers, timeout)
         return self
 
-    def start_scheduler(self, timeout: float = 60, port: int = 0) -> None:
+    def start_scheduler(self, timeout: float = 300, port: int = 0) -> None:
         if self.scheduler_file.exists():
             self.scheduler_file.unlink()
         cmd = [
@@ -129,7 +129,7 @@ class ProcessCluster:
     def address(self) -> str:
         return json.loads(self.scheduler_file.read_text())["address"]
 
-    def wait_for_workers(self, n: int, timeout: float = 60) -> None:
+    def wait_for_workers(self, n: int, timeout: float = 300) -> None:
         from distributed import Client
 
         with Client(scheduler_file=str(self.scheduler_file), timeout="30s") as client:

@@ -178,7 +178,7 @@ class EmbeddedCluster:
 
         self.status = Status.closing
         for proc in self.processes:
-            _signal_group(proc, signal.SIGTERM)
+            _signal_group(proc, signal.SIGTERM if timeout > 0 else signal.SIGKILL)
         deadline = time.monotonic() + timeout
         for proc in self.processes:
             try:
@@ -337,6 +337,6 @@ def start(
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.close(timeout=2)
-            cluster.close(timeout=1)
+            cluster.close(timeout=0)  # nothing worth a clean shutdown yet
             raise
     return cluster, client
