@@ -190,8 +190,8 @@ def _check_next_call_and_workers(kernel: Kernel) -> None:
 def test_kernel_interrupt_reaches_only_the_notebook(kernel, code):
     reply, _, took = kernel.run(code, interrupt_after=3)
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
-    assert took < 2, f"KeyboardInterrupt came {took:.1f} s after the interrupt"
     _check_next_call_and_workers(kernel)
+    assert took < 2, f"KeyboardInterrupt came {took:.1f} s after the interrupt"
 
 
 def test_worker_logs_stay_out_of_cells_and_distribute_logs_shows_them(tmp_path):
@@ -304,7 +304,6 @@ def test_ctrl_c_in_terminal_ipython_reaches_only_ipython(tmp_path):
         interrupted = time.monotonic()
         term.expect("KeyboardInterrupt")
         took = time.monotonic() - interrupted
-        assert took < 2, f"KeyboardInterrupt came {took:.1f} s after Ctrl-C"
         term.send(
             "t = time.monotonic(); r = square(7).compute(); "
             "print('NEXT', r, round(time.monotonic() - t, 3), 'PIDS', worker_pids())"
@@ -312,6 +311,7 @@ def test_ctrl_c_in_terminal_ipython_reaches_only_ipython(tmp_path):
         match = term.expect(r"NEXT 49 ([0-9.]+) PIDS (\[[^\]]*\])")
         assert float(match.group(1)) < 3, f"the next compute took {match.group(1)} s"
         assert json.loads(match.group(2)) == pids, "Ctrl-C killed workers"
+        assert took < 2, f"KeyboardInterrupt came {took:.1f} s after Ctrl-C"
     finally:
         term.close()
 
