@@ -224,8 +224,10 @@ def test_worker_logs_stay_out_of_cells_and_distribute_logs_shows_them(tmp_path):
 def test_sigkill_of_the_kernel_leaves_no_process_behind(tmp_path):
     k = Kernel(tmp_path)
     try:
-        reply, out, _ = k.run(SETUP)
+        reply, out, _ = k.run(SETUP + "print('DIR', connection._local_cluster.directory)")
         assert reply["status"] == "ok", reply
+        directory = Path(re.search(r"DIR (\S+)", out).group(1))
+        assert directory.exists()
         started = _descendants(k.pid)
         worker_pids = _pids_in(out)
         assert set(worker_pids) <= {p.pid for p in started}
@@ -235,6 +237,7 @@ def test_sigkill_of_the_kernel_leaves_no_process_behind(tmp_path):
         assert wait_until(lambda: not any(_alive(p.pid) for p in started), timeout=15), [
             p for p in started if _alive(p.pid)
         ]
+        assert wait_until(lambda: not directory.exists(), timeout=15), "keys and logs left"
     finally:
         k.kc.stop_channels()
         k.km.cleanup_resources()

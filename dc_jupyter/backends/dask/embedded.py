@@ -149,7 +149,9 @@ class EmbeddedCluster:
                 "--local-directory", str(self.directory / "workers"),
                 "--name", "embedded", *tls,
             ]  # fmt: skip
-            self._spawn("scheduler", scheduler_args, env, cwd=str(self.directory), fd=read_end)
+            # If the notebook dies without closing us, the scheduler removes the directory.
+            scheduler_env = {**env, "DC_JUPYTER_REMOVE_ON_PARENT_EXIT": str(self.directory)}
+            self._spawn("scheduler", scheduler_args, scheduler_env, str(self.directory), read_end)
             self._spawn("worker", worker_args, _worker_env(env), cwd=self.cwd, fd=read_end)
         finally:
             os.close(read_end)  # the children hold it now

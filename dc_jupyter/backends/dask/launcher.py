@@ -33,6 +33,12 @@ def _exit_with_parent(fd: int) -> None:
             pass
     except OSError:
         pass
+    # Nobody is left to remove the cluster's directory (keys, logs): do it here.
+    leftover = os.environ.get("DC_JUPYTER_REMOVE_ON_PARENT_EXIT")
+    if leftover:
+        import shutil
+
+        shutil.rmtree(leftover, ignore_errors=True)
     os.kill(os.getpid(), signal.SIGTERM)  # Dask's own handler: a clean close
     time.sleep(GRACE_SECONDS)
     os._exit(1)
