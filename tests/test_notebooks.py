@@ -134,7 +134,7 @@ def check_quickstart(ran: Ran, context: dict) -> None:
     assert "data-state='finished'" in job.html and "→ 4" in job.html
     assert "dashboard" in job.html
     shown = ran.result("cluster")
-    assert shown.startswith("embedded local cluster at tcp://127.0.0.1:"), shown
+    assert shown.startswith("embedded local cluster at tls://127.0.0.1:"), shown
     assert "2 workers, 2 threads" in shown
     assert ran.result("map") == repr([x * x for x in range(10)])
     squares = ran.widget("map")

@@ -155,6 +155,7 @@ class DistributeMagics(Magics):
             %distribute local [N]                    start an embedded local cluster of N workers
             %distribute close                        close the clusters dc_jupyter opened
             %distribute requirements                 the versions workers need (pip format)
+            %distribute logs [N]                     last N (20) lines of the embedded cluster's logs
         """
         words = line.split()
         command, rest = (words[0], words[1:]) if words else ("", [])
@@ -174,6 +175,11 @@ class DistributeMagics(Magics):
             from dc_jupyter.backends.dask.versions import worker_requirements
 
             print(worker_requirements(), end="")
+            return None
+        if command == "logs" and len(rest) <= 1:
+            if rest and not rest[0].isdigit():
+                raise UsageError(f"%distribute logs takes a number of lines, not {rest[0]!r}")
+            print(connection.embedded_logs(int(rest[0]) if rest else 20))
             return None
         if command == "close" and not rest:
             connection.close()

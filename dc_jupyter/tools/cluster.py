@@ -66,14 +66,14 @@ class ProcessCluster:
         self.workers: list[subprocess.Popen] = []
 
     # -- lifecycle --------------------------------------------------------
-    def start(self, timeout: float = 60) -> ProcessCluster:
+    def start(self, timeout: float = 300) -> ProcessCluster:
         self.start_scheduler(timeout)
         for _ in range(self.n_workers):
             self.add_worker()
         self.wait_for_workers(self.n_workers, timeout)
         return self
 
-    def start_scheduler(self, timeout: float = 60, port: int = 0) -> None:
+    def start_scheduler(self, timeout: float = 300, port: int = 0) -> None:
         if self.scheduler_file.exists():
             self.scheduler_file.unlink()
         cmd = [
@@ -106,6 +106,9 @@ class ProcessCluster:
             "--scheduler-file", str(self.scheduler_file),
             "--nworkers", "1", "--nthreads", str(self.nthreads),
             "--host", self.host, "--no-dashboard",
+            # Dask serves worker metrics over HTTP even without a dashboard:
+            # on this host only, not on every interface.
+            "--dashboard-address", f"{self.host}:0",
             "--name", name or f"worker-{index}",
             "--local-directory", str(self.workdir / f"worker-{index}"),
             *self.worker_args, *extra,
@@ -126,7 +129,7 @@ class ProcessCluster:
     def address(self) -> str:
         return json.loads(self.scheduler_file.read_text())["address"]
 
-    def wait_for_workers(self, n: int, timeout: float = 60) -> None:
+    def wait_for_workers(self, n: int, timeout: float = 300) -> None:
         from distributed import Client
 
         with Client(scheduler_file=str(self.scheduler_file), timeout="30s") as client:

@@ -3,8 +3,9 @@
 The cluster is the first of: one chosen explicitly (``connect()``,
 ``%distribute connect``, a ``client=``/``cluster=``/``address=`` option); Dask's
 ``scheduler-address`` setting (so ``DASK_SCHEDULER_ADDRESS`` works); a
-``distributed.Client`` the session already made; else an embedded
-``LocalCluster`` started on first use and closed when the interpreter exits.
+``distributed.Client`` the session already made; else the embedded cluster
+(``embedded.EmbeddedCluster``) started on first use and closed when the
+interpreter exits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import dask.config
 
 from dc_jupyter import config
+from dc_jupyter.backends.dask import embedded
 from dc_jupyter.backends.dask.versions import check_versions
 from dc_jupyter.errors import SchedulerUnreachableError
 
@@ -278,22 +280,58 @@ def _client_for_cluster(cluster: Any) -> Any:
 
 
 def _embedded_client(n_workers: int | None) -> Any:
-    """Start the embedded ``LocalCluster`` (worker processes, one thread each)."""
+    """Start the embedded cluster (see ``embedded``) and a client for it.
+
+    The client becomes Dask's default when there is none yet, so Dask's own
+    tools (``distributed.progress``, ``get_client()``, dask collections'
+    ``.compute()``, dask-labextension) use the same cluster; a client the user
+    made keeps its place.
+    """
     global _local_cluster, _local_client
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if n_workers is None:
         n_workers = config.get("local.n-workers") or min(os.cpu_count() or 1, 4)
-    _local_cluster = LocalCluster(
-        n_workers=n_workers,
+
+    start_timeout = config.seconds(config.get("local.start-timeout", "120s"), "local.start-timeout")
+
+    def make_client(cluster: embedded.EmbeddedCluster) -> Any:
+        seconds = max(_connect_timeout(None), start_timeout or 0)  # it is starting
+        client = Client(cluster, timeout=f"{seconds}s", set_as_default=not _has_default_client())
+        return tune_for_interactive_use(client)
+
+    _local_cluster, _local_client = embedded.start(
+        n_workers,
+        make_client,
         threads_per_worker=config.get("local.threads-per-worker", 1),
-        processes=True,
         host=config.get("local.host", "127.0.0.1"),
         dashboard_address=config.get("local.dashboard-address", "127.0.0.1:0"),
-        silence_logs=logging.ERROR,
+        cwd=os.getcwd(),
+        timeout=start_timeout,
     )
-    _local_client = tune_for_interactive_use(Client(_local_cluster, set_as_default=False))
     return _local_client
+
+
+def _has_default_client() -> bool:
+    from distributed import default_client
+
+    try:
+        default_client()
+    except ValueError:
+        return False
+    return True
+
+
+def embedded_logs(lines: int = 20) -> str:
+    """The last lines of the embedded cluster's scheduler and worker logs."""
+    with _lock:
+        if _local_cluster is None:
+            return (
+                "dc_jupyter: no embedded cluster is running here, so there are no logs to show "
+                "(an external cluster's logs are on its machines, or in its dashboard's "
+                "Info page)."
+            )
+        return _local_cluster.logs(lines)
 
 
 def ensure_compatible(client: Any) -> None:
@@ -345,7 +383,7 @@ def _close_local() -> None:
         _close_quietly(_local_client)
     if _local_cluster is not None:
         try:
-            _local_cluster.close(timeout=5)
+            _local_cluster.close()
         except Exception:
             logger.debug("dc_jupyter: error while closing the local cluster", exc_info=True)
     _local_cluster = _local_client = None

@@ -1,0 +1,91 @@
+"""Run ``dask scheduler`` or ``dask worker`` for the embedded cluster, tied to its parent.
+
+Started as a script (``python launcher.py scheduler|worker ARGS...``) by
+``embedded.EmbeddedCluster``, never imported by dc_jupyter itself: standard
+library and distributed only. Before Dask starts, it makes sure the process
+ends when the notebook process ends, however that ends (normal exit, kernel
+restart, SIGKILL):
+
+- a thread blocks on the read end of a pipe whose write end only the notebook
+  process holds (``DC_JUPYTER_PARENT_FD``); end of file means the notebook is
+  gone, so it asks Dask to shut down (SIGTERM) and exits for sure soon after;
+- ``PR_SET_PDEATHSIG`` as a second line, when the notebook asked for it (only
+  safe when the notebook started us from its main thread: the signal follows
+  the thread that forked, not the process).
+
+A nanny's worker process follows its nanny on its own (Dask's parent pipe).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+GRACE_SECONDS = 5.0  # after SIGTERM, how long Dask gets to close cleanly
+
+
+def _exit_with_parent(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass
+    # Nobody is left to remove the cluster's directory (keys, logs): do it here.
+    leftover = os.environ.get("DC_JUPYTER_REMOVE_ON_PARENT_EXIT")
+    if leftover:
+        import shutil
+
+        shutil.rmtree(leftover, ignore_errors=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # Dask's own handler: a clean close
+    time.sleep(GRACE_SECONDS)
+    os._exit(1)
+
+
+def _set_parent_death_signal() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the pipe alone does it
+        pass
+
+
+def _use_parent_sys_path() -> None:
+    # sys.path[0] is this file's folder, whose module names (errors, versions,
+    # ...) would shadow top-level ones: use the notebook's path instead, so the
+    # workers import what the notebook imports (as LocalCluster's spawned
+    # workers did).
+    parent_path = os.environ.get("DC_JUPYTER_SYS_PATH")
+    if parent_path is not None:
+        sys.path[:] = parent_path.split(os.pathsep)
+    elif sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]
+
+
+def main() -> None:
+    """Tie this process to the notebook, then run the Dask command in ``sys.argv[1]``."""
+    if os.environ.get("DC_JUPYTER_PDEATHSIG") == "1":
+        _set_parent_death_signal()
+    fd = os.environ.get("DC_JUPYTER_PARENT_FD")
+    if fd is not None:
+        threading.Thread(
+            target=_exit_with_parent, args=(int(fd),), name="dc_jupyter-parent-watch", daemon=True
+        ).start()
+    _use_parent_sys_path()
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "scheduler":
+        from distributed.cli.dask_scheduler import main as dask_main
+    elif command == "worker":
+        from distributed.cli.dask_worker import main as dask_main
+    else:
+        raise SystemExit(f"launcher: unknown command {command!r}")
+    dask_main.main(args=args, prog_name=f"dask {command}")
+
+
+if __name__ == "__main__":  # a nanny's spawned worker re-imports this file: do nothing then
+    main()
