@@ -165,24 +165,33 @@ class _Bars:
 
 
 class _Plain:
-    """Not a terminal: a line every ``plain_every`` seconds, no control characters."""
+    """Not a terminal: a line every ``plain_every`` seconds, no control characters.
+
+    A run shorter than that still gets one line, its final state, when it ends.
+    """
 
     def __init__(self, monitor: Monitor, live: Live) -> None:
         self.monitor = monitor
         self.live = live
         self.last = time.monotonic()
+        self.states: dict[str, str] = {}
+        self.printed = False
 
     def update(self, states: dict[str, str]) -> None:
-        now = time.monotonic()
-        if now - self.last < self.monitor.plain_every:
-            return
-        self.last = now
+        self.states = states
+        if time.monotonic() - self.last >= self.monitor.plain_every:
+            self._print()
+
+    def _print(self) -> None:
+        self.last, self.printed = time.monotonic(), True
         live = self.live
-        workers = "; ".join(worker_lines(live, states))
+        workers = "; ".join(worker_lines(live, self.states))
         self.monitor.line(
             f"[{live.label}] {live.samples[-1][1]}/{live.total} calls, "
             f"{live.recent_rate():,.1f}/s over the last {RECENT_SECONDS:g} s | {workers}"
         )
 
     def close(self) -> None:
-        pass
+        if not self.printed:
+            self.live.sample()
+            self._print()

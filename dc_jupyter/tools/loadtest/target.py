@@ -40,7 +40,7 @@ class OwnCluster:
         self.client: Any = None
 
     def start(self) -> Any:
-        self.cluster.start()
+        self.cluster.start(timeout=120)
         self.client = connection._open_client(self.cluster.address)
         connection.ensure_compatible(self.client)
         return self.client
@@ -51,7 +51,7 @@ class OwnCluster:
     def workers(self, n: int) -> list[str]:
         while len(self.cluster.workers) < n:
             self.cluster.add_worker()
-        self.client.wait_for_workers(n, timeout=60)
+        self.client.wait_for_workers(n, timeout=120)
         return _sorted_workers(self.client)[:n]
 
     def where(self) -> str:
