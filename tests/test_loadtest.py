@@ -151,7 +151,7 @@ def test_notebook_04_runs_and_shows_table_and_plots(tmp_path):
     env_path = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env_path) if p)
     try:
-        NotebookClient(nb, timeout=120, kernel_name="python3",
+        NotebookClient(nb, timeout=300, kernel_name="python3",
                        resources={"metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
     finally:
         os.environ["PYTHONPATH"] = env_path
@@ -159,12 +159,16 @@ def test_notebook_04_runs_and_shows_table_and_plots(tmp_path):
     errors = [o for o in outputs if o.output_type == "error"]
     assert not errors, errors
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 4  # throughput vs workers, vs functions, per worker, latency
-    table = next(
+    # over time, allocation, vs workers, vs functions, per worker, latency
+    assert len(images) >= 6
+    table, per_worker = [
         o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})
-    )
-    assert "| workers | n_functions |" in table and "| 2 | 60 | 0.03 |" in table
-    assert (tmp_path / "loadtest-results" / "loadtest.csv").exists()
+    ]
+    assert "| mode | workers | n_functions |" in table
+    assert "| jobs | 2 | 60 | 0.02 |" in table and "| map | 2 | 60 | 0.02 |" in table
+    assert "| mode | workers | n_functions | duration_s | worker | calls |" in per_worker
+    for name in ("loadtest.csv", "timeseries.csv", "per_worker.csv"):
+        assert (tmp_path / "loadtest-results" / name).exists()
 
 
 def _overlaps(spans: list[tuple[float, float]]) -> int:
