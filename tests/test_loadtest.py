@@ -21,6 +21,9 @@ from dc_jupyter.tools.cluster import ProcessCluster
 
 ROOT = Path(__file__).parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Hang guards only, generous: these start a cluster and run many configurations,
+# and on a shared 2-core machine under heavy load that took over 5 minutes.
+SLOW = pytest.mark.timeout(1200)
 
 
 @contextmanager
@@ -33,7 +36,7 @@ def _cluster(tmp_path: Path, n_workers: int, nthreads: int = 1) -> Iterator[Proc
         cluster.stop()
 
 
-def _loadtest(*args: str, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
+def _loadtest(*args: str, cwd: Path, timeout: float = 1100) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
     return subprocess.run(
         [sys.executable, "-m", "dc_jupyter.loadtest", *args],
@@ -58,6 +61,7 @@ def _cluster_state(address: str) -> dict:
     return found
 
 
+@SLOW
 def test_cli_on_the_built_in_cluster_writes_table_and_plots(tmp_path):
     out = tmp_path / "results"
     proc = _loadtest("--workers", "1,2", "--functions", "8", "--durations", "0.01", "--mode",
@@ -84,6 +88,7 @@ def test_cli_on_the_built_in_cluster_writes_table_and_plots(tmp_path):
     assert f"wrote {out / 'latency.png'}" in proc.stdout
 
 
+@SLOW
 def test_scheduler_option_runs_both_modes_on_worker_subsets_and_leaves_no_trace(tmp_path):
     """A running dask scheduler with three dask workers, started here, load-tested from outside."""
     out = tmp_path / "results"
@@ -143,6 +148,19 @@ def test_cli_rejects_bad_numbers_with_usage(tmp_path):
     assert "expected comma-separated ints like 1,2,4, not 'one,two'" in proc.stderr
 
 
+@SLOW
+def test_cli_names_an_unreachable_scheduler(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DASK_DC_JUPYTER__CONNECT_TIMEOUT": "2s"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dc_jupyter.loadtest", "--scheduler", "tcp://127.0.0.1:9"],
+        capture_output=True, text=True, env=env, timeout=1100, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "error: Could not reach the Dask scheduler at 'tcp://127.0.0.1:9'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@SLOW
 def test_notebook_04_runs_and_shows_table_and_plots(tmp_path):
     source = ROOT / "notebooks" / "04-load-test.ipynb"
     nb = nbformat.read(source, as_version=4)
@@ -177,6 +195,7 @@ def _overlaps(spans: list[tuple[float, float]]) -> int:
     return sum(1 for a, b in zip(spans, spans[1:], strict=False) if b[0] < a[1])
 
 
+@SLOW
 def test_one_per_worker_prevents_overlap_on_a_two_thread_worker(tmp_path):
     import dask
     from conftest import ipython_shell
