@@ -202,7 +202,7 @@ def _worker_states(client: Any) -> Callable[[list[str]], dict[str, str]]:
             w: (
                 "gone"
                 if w not in processing
-                else f"running {len(processing[w])}"
+                else f"busy, {len(processing[w])} tasks"
                 if processing[w]
                 else "idle"
             )  # fmt: skip
