@@ -142,7 +142,7 @@ def test_cli_rejects_bad_numbers_with_usage(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dc_jupyter.loadtest", "--workers", "one,two"],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=60, cwd=tmp_path,
+        timeout=1100, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 2
     assert "expected comma-separated ints like 1,2,4, not 'one,two'" in proc.stderr
