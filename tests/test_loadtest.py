@@ -93,13 +93,14 @@ def test_scheduler_option_runs_both_modes_on_worker_subsets_and_leaves_no_trace(
     """A running dask scheduler with three dask workers, started here, load-tested from outside."""
     out = tmp_path / "results"
     with _cluster(tmp_path, 3) as cluster:
-        before = _cluster_state(cluster.address)
-        proc = _loadtest("--scheduler", cluster.address, "--functions", "6", "--durations",
+        address = cluster.address  # (the scheduler removes its file when it stops)
+        before = _cluster_state(address)
+        proc = _loadtest("--scheduler", address, "--functions", "6", "--durations",
                          "0.01", "--latency-samples", "1", "--progress-every", "0.2",
                          "--no-plots", "--out", str(out), cwd=tmp_path)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        after = _cluster_state(cluster.address)
-        workers = set(cluster_workers(cluster.address))
+        after = _cluster_state(address)
+        workers = set(cluster_workers(address))
 
     # Left as found: no tasks, no data, no plugins but dc_jupyter's own.
     assert after["tasks"] == 0 and after["data"] == 0
@@ -108,7 +109,7 @@ def test_scheduler_option_runs_both_modes_on_worker_subsets_and_leaves_no_trace(
         assert added and all("dc_jupyter" in name for name in added), (kind, added)
 
     # Not a terminal (a pipe): plain progress lines, no cursor movement.
-    assert f"load test on the cluster at {cluster.address} (3 workers)" in proc.stderr
+    assert f"load test on the cluster at {address} (3 workers)" in proc.stderr
     assert "dashboard: http://127.0.0.1:" in proc.stderr
     assert "\r" not in proc.stderr and "\x1b[" not in proc.stderr
     assert "[jobs, 3 workers, 6 x 10 ms]" in proc.stderr and "calls, busy" in proc.stderr
