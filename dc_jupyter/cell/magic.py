@@ -15,6 +15,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from dc_jupyter.backends.dask import connection
+from dc_jupyter.backends.dask.backend import threads_warning
 from dc_jupyter.cell.run import CellOptions, run_cell
 
 _MAP_SPLIT = re.compile(r"(?:^|\s)--map(?:\s+|$)")
@@ -160,17 +161,17 @@ class DistributeMagics(Magics):
         words = line.split()
         command, rest = (words[0], words[1:]) if words else ("", [])
         if command == "" and not rest:
-            return ClusterInfo(connection.describe(connection.current_client()))
+            return _cluster_info(connection.current_client())
         if command == "connect" and len(rest) == 1 and not rest[0].startswith("-"):
-            return ClusterInfo(connection.describe(connection.connect(rest[0])))
+            return _cluster_info(connection.connect(rest[0]))
         if command == "connect" and len(rest) == 2 and rest[0] == "--scheduler-file":
             client = connection.connect(scheduler_file=rest[1])
-            return ClusterInfo(connection.describe(client))
+            return _cluster_info(client)
         if command == "local" and len(rest) <= 1:
             if rest and not (rest[0].isdigit() and int(rest[0]) > 0):
                 raise UsageError(f"%distribute local takes a number of workers, not {rest[0]!r}")
             client = connection.start_local(int(rest[0]) if rest else None)
-            return ClusterInfo(connection.describe(client))
+            return _cluster_info(client)
         if command == "requirements" and not rest:
             from dc_jupyter.backends.dask.versions import worker_requirements
 
@@ -196,11 +197,19 @@ def _usage() -> str:
     )
 
 
-class ClusterInfo:
-    """What ``%distribute`` shows: the cluster in use, as text and as HTML."""
+def _cluster_info(client: Any) -> ClusterInfo:
+    return ClusterInfo(connection.describe(client), warning=threads_warning(client.nthreads()))
 
-    def __init__(self, info: dict[str, Any]) -> None:
+
+class ClusterInfo:
+    """What ``%distribute`` shows: the cluster in use, as text and as HTML.
+
+    ``warning``: said under the summary (e.g. workers running several threads).
+    """
+
+    def __init__(self, info: dict[str, Any], warning: str | None = None) -> None:
         self.info = info
+        self.warning = warning
 
     def _summary(self) -> str:
         info = self.info
@@ -211,15 +220,21 @@ class ClusterInfo:
         )
 
     def __repr__(self) -> str:
-        return f"{self._summary()}\ndashboard: {self.info['dashboard']}"
+        text = f"{self._summary()}\ndashboard: {self.info['dashboard']}"
+        return f"{text}\nWarning: {self.warning}" if self.warning else text
 
     def _repr_html_(self) -> str:
         import html
 
         link = html.escape(str(self.info["dashboard"]))
+        warning = (
+            f'<br><span style="color:#b45309">Warning: {html.escape(self.warning)}</span>'
+            if self.warning
+            else ""
+        )
         return (
             f"<div>{html.escape(self._summary())}<br>"
-            f'dashboard: <a href="{link}" target="_blank">{link}</a></div>'
+            f'dashboard: <a href="{link}" target="_blank">{link}</a>{warning}</div>'
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -93,11 +94,17 @@ class RemoteFunction:
         """
         return MapJob(self, iterables)
 
-    def backend(self) -> Backend:
-        """The backend this function's jobs run on (resolved on first use)."""
-        if self._backend is None:
-            from dc_jupyter.backends import resolve_backend
+    def backend(self, override: Any = None) -> Backend:
+        """The backend this function's jobs run on (resolved on first use).
 
+        ``override`` (a backend option, as for the decorator) is resolved
+        afresh for one call: ``job.compute(backend="local")``.
+        """
+        from dc_jupyter.backends import resolve_backend
+
+        if override is not None:
+            return resolve_backend(dataclasses.replace(self.options, backend=override))
+        if self._backend is None:
             self._backend = resolve_backend(self.options)
         return self._backend
 

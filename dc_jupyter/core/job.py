@@ -112,20 +112,26 @@ class Job:
         )
         return payload, deps
 
-    def submit(self) -> JobFuture:
-        """Send the job and return at once with a ``JobFuture``."""
-        return self.function.backend().submit(self)
+    def submit(self, backend: Any = None) -> JobFuture:
+        """Send the job and return at once with a ``JobFuture``.
 
-    def compute(self, timeout: float | None = None) -> Any:
+        ``backend`` (``"dask"``, ``"local"``, an ``Executor`` or a ``Backend``)
+        runs this one call there instead of on the decorator's backend.
+        """
+        return self.function.backend(backend).submit(self)
+
+    def compute(self, timeout: float | None = None, backend: Any = None) -> Any:
         """Run the job where its backend runs work and return the result.
 
         ``timeout`` (seconds; default: the decorator's ``timeout``) raises
-        ``TimeoutError`` and cancels the remote work when exceeded.
+        ``TimeoutError`` and cancels the remote work when exceeded. ``backend``
+        overrides the decorator's backend for this call (``backend="local"``
+        runs it in this process).
         """
         __tracebackhide__ = True
         # Checked before anything is sent: a bad timeout must not leave work running.
         timeout = self.function.options.timeout if timeout is None else seconds(timeout, "timeout")
-        handle = self.submit()
+        handle = self.submit(backend)
         with watching(handle):
             return wait_or_cancel(handle, timeout)
 

@@ -49,3 +49,23 @@ class InstallOnScheduler(SchedulerPlugin):
 
     async def start(self, scheduler) -> None:
         install_module(self.module_name, self.source)
+
+
+class OneTaskPerWorker(WorkerPlugin):
+    """Gives each worker one unit of ``resource``, so one task needing it runs at a time.
+
+    For ``dc_jupyter.one-per-worker``: stock workers started without
+    ``--resources`` get the resource when they join (this plugin runs on
+    workers that join later too), whatever their thread count.
+    """
+
+    idempotent = True
+
+    def __init__(self, resource: str) -> None:
+        self.name = f"one-per-worker-{resource}"
+        self.resource = resource
+
+    async def setup(self, worker) -> None:
+        if worker.state.total_resources.get(self.resource) != 1:
+            # Tells the scheduler too, which then places tasks needing it.
+            await worker.set_resources(**{self.resource: 1})

@@ -13,8 +13,11 @@ from dc_jupyter.backends.base import Backend, BatchChannel
 from dc_jupyter.backends.dask import connection, install
 from dc_jupyter.core.futures import JobFuture
 from dc_jupyter.remote import job as remote_job
+from dc_jupyter.remote import plugins
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from dc_jupyter.core.function import JobOptions
     from dc_jupyter.core.job import Job
 
@@ -104,6 +107,47 @@ def check_resources(client: Any, wanted: Any, name: str) -> None:
         )
 
 
+#: The worker resource every dc_jupyter task takes under ``dc_jupyter.one-per-worker``.
+SLOT_RESOURCE = "dc_jupyter"
+#: client -> id of the scheduler whose workers got the slot resource
+_slots_given: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def one_per_worker() -> bool:
+    """``dc_jupyter.one-per-worker``: at most one dc_jupyter task at a time per worker."""
+    return bool(config.get("one-per-worker", False))
+
+
+def task_resources(client: Any, wanted: Mapping[str, float]) -> dict[str, float] | None:
+    """The resources a task asks for: ``wanted``, plus one slot under one-per-worker.
+
+    The slot is given to every worker (and to workers that join later) by a
+    worker plugin, registered once per cluster, so stock ``dask worker``
+    processes need no ``--resources`` flag.
+    """
+    resources = dict(wanted)
+    if one_per_worker():
+        identity = getattr(client, "_scheduler_identity", None) or client.scheduler_info()
+        if _slots_given.get(client) != identity.get("id"):
+            client.register_plugin(plugins.OneTaskPerWorker(SLOT_RESOURCE))
+            _slots_given[client] = identity.get("id")
+        resources[SLOT_RESOURCE] = 1
+    return resources or None
+
+
+def threads_warning(nthreads: Mapping[str, int]) -> str | None:
+    """A warning when some worker runs more than one thread (and so functions at once)."""
+    many = sorted(w for w, n in nthreads.items() if n > 1)
+    if not many or one_per_worker():
+        return None
+    return (
+        f"{len(many)} of {len(nthreads)} workers run more than one thread "
+        f"(up to {max(nthreads[w] for w in many)}), so they run several functions at once. "
+        "For one function at a time per worker, start them with `dask worker ... --nthreads 1`, "
+        "or set dask config dc_jupyter.one-per-worker: true."
+    )
+
+
 _cancellers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -126,8 +170,19 @@ class DaskBackend(Backend):
 
     name = "dask"
 
-    def __init__(self, options: JobOptions | None = None) -> None:
+    def __init__(
+        self, options: JobOptions | None = None, workers: Sequence[str] | None = None
+    ) -> None:
         self.options = options
+        # Dask's workers= restriction: only these workers run this backend's tasks.
+        self.workers = list(workers) if workers is not None else None
+
+    def restrictions(self, client: Any, resources: Mapping[str, float]) -> dict[str, Any]:
+        """Keyword arguments for ``client.submit``: resources and worker restrictions."""
+        kwargs: dict[str, Any] = {"resources": task_resources(client, resources)}
+        if self.workers is not None:
+            kwargs.update(workers=self.workers, allow_other_workers=False)
+        return kwargs
 
     def client(self) -> Any:
         opts = self.options
@@ -159,7 +214,7 @@ class DaskBackend(Backend):
             key=job.key,
             pure=False,
             retries=opts.retries or None,
-            resources=dict(opts.resources) or None,
+            **self.restrictions(client, opts.resources),
         )
         return JobFuture(
             future,
@@ -173,13 +228,19 @@ class DaskBackend(Backend):
         return f"dask {self.client().scheduler.address}"
 
     def slots(self) -> int:
-        return max(1, sum(self.client().nthreads().values()))
+        nthreads = self.client().nthreads()
+        if self.workers is not None:
+            nthreads = {w: n for w, n in nthreads.items() if w in self.workers}
+        if one_per_worker():
+            return max(1, len(nthreads))
+        return max(1, sum(nthreads.values()))
 
     def open_map(self, function_blob: bytes, options: Any, name: str = "map") -> BatchChannel:
         client = self.client()
         if options.resources:  # else a map no worker can run would wait forever
             check_resources(client, options.resources, name)
-        return _DaskBatches(client, function_blob, options, scatter_threshold())
+        restrictions = self.restrictions(client, options.resources)
+        return _DaskBatches(client, function_blob, options, scatter_threshold(), restrictions)
 
 
 class _DaskBatches(BatchChannel):
@@ -191,10 +252,18 @@ class _DaskBatches(BatchChannel):
     each worker fetches once.
     """
 
-    def __init__(self, client: Any, function_blob: bytes, options: Any, threshold: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        function_blob: bytes,
+        options: Any,
+        threshold: int,
+        restrictions: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(function_blob)
         self.client = client
         self.options = options
+        self.restrictions = restrictions or {"resources": dict(options.resources) or None}
         self.threshold = threshold
         self.function_ref: Any = function_blob
         self.inline_bytes = 0
@@ -222,7 +291,7 @@ class _DaskBatches(BatchChannel):
             key=key,
             pure=False,
             retries=opts.retries or None,
-            resources=dict(opts.resources) or None,
+            **self.restrictions,
         )
 
     def cancel(self, futures: list[Any]) -> None:

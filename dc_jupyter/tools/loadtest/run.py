@@ -1,11 +1,16 @@
 """The load test: throughput, scaling and per-worker allocation on real Dask processes.
 
 ``python -m dc_jupyter.loadtest`` starts its own ``dask scheduler`` and
-``dask worker`` processes (one thread each) on 127.0.0.1, grows the cluster
-through the requested worker counts, and at each count runs ``func.map`` over
-every combination of number of functions (items) and function length. It
-prints progress in the terminal and writes ``loadtest.csv``, ``loadtest.json``
-and, when matplotlib is installed (``pip install dc_jupyter[plot]``), PNG plots.
+``dask worker`` processes (one thread each) on 127.0.0.1 and grows the cluster
+through the requested worker counts; with ``--scheduler ADDRESS`` (or
+``--scheduler-file``) it uses a running cluster instead, over subsets of its
+workers (1, 2, 4, ... all) chosen with Dask's ``workers=`` restrictions. At
+each count it runs every combination of number of functions (calls) and
+function length, as independent jobs (one task per call) and/or as one
+batched ``func.map`` (``--mode``). It monitors live in the terminal and writes
+``loadtest.csv``, ``loadtest.json``, ``timeseries.csv`` (calls finished per
+second), ``per_worker.csv`` and, when matplotlib is installed
+(``pip install -e ".[plot]"`` in a checkout), PNG plots.
 
 The functions sleep by default: on a machine with fewer cores than workers a
 CPU-bound function measures the cores, not the system; sleeping measures
@@ -18,45 +23,76 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dc_jupyter.tools.cluster import ProcessCluster
+from dc_jupyter.backends.dask.backend import DaskBackend, one_per_worker, threads_warning
+from dc_jupyter.core.function import JobOptions, compute_this
+from dc_jupyter.tools.loadtest.measure import MODES, make_work
+from dc_jupyter.tools.loadtest.monitor import Monitor
+from dc_jupyter.tools.loadtest.target import ExistingCluster, OwnCluster
 
 __all__ = ["LoadTestConfig", "LoadTestResult", "Run", "main", "run_load_test"]
 
 
 @dataclass
 class LoadTestConfig:
-    """What to measure. Every run is one ``func.map`` over ``n_functions`` items."""
+    """What to measure, and where.
 
-    workers: Sequence[int] = (1, 2, 4)
+    Every run is ``n_functions`` calls of ``duration`` seconds on one worker
+    count, in one mode (``"jobs"``: one task per call; ``"map"``: one batched
+    ``func.map``). ``workers=None`` means 1, 2, 4, 8 on the built-in cluster and
+    1, 2, 4, ... all workers on an existing one (``scheduler`` or
+    ``scheduler_file``).
+    """
+
+    workers: Sequence[int] | None = (1, 2, 4)
     n_functions: Sequence[int] = (100, 400)
     durations: Sequence[float] = (0.01, 0.05)  # seconds each function call takes
+    modes: Sequence[str] = ("jobs", "map")
     work: str = "sleep"  # or "cpu"
     latency_samples: int = 30  # single round trips per worker count
     out_dir: str = "loadtest-results"
+    scheduler: str | None = None  # an existing cluster's address ...
+    scheduler_file: str | None = None  # ... or its scheduler file
+    progress_every: float = 2.0  # seconds between plain progress lines (not a terminal)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise ValueError(f"modes must be 'jobs' and/or 'map', not {list(self.modes)!r}")
+        if self.workers is not None and (not self.workers or min(self.workers) < 1):
+            raise ValueError(f"workers must be whole numbers >= 1, not {list(self.workers)!r}")
 
 
 @dataclass
 class Run:
-    """One map: ``n_functions`` calls of ``duration`` s on ``workers`` workers."""
+    """One configuration: ``n_functions`` calls of ``duration`` s on ``workers`` workers."""
 
+    mode: str  # "jobs" or "map"
     workers: int
     n_functions: int
     duration: float
     wall_seconds: float
     throughput: float  # functions per second
-    ideal_throughput: float  # workers / duration
+    ideal_throughput: float  # slots / duration (slots: threads, or workers if one per worker)
     efficiency: float  # throughput / ideal
-    tasks: int  # Dask tasks the map was sent as
+    tasks: int  # Dask tasks the calls were sent as
     per_worker_functions: dict[str, int] = field(default_factory=dict)
     per_worker_busy_seconds: dict[str, float] = field(default_factory=dict)
+    timeline: list[int] = field(default_factory=list)  # calls finished in each second
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.mode}, {self.workers} workers, {self.n_functions} x {self.duration * 1000:g} ms"
+        )
 
 
 @dataclass
@@ -75,6 +111,7 @@ class LoadTestResult:
             busy = run.per_worker_busy_seconds
             rows.append(
                 {
+                    "mode": run.mode,
                     "workers": run.workers,
                     "n_functions": run.n_functions,
                     "duration_s": run.duration,
@@ -91,17 +128,53 @@ class LoadTestResult:
             )
         return rows
 
+    def timeseries(self) -> list[dict[str, Any]]:
+        """Calls finished in each second of each run (what ``timeseries.csv`` holds)."""
+        return [
+            {
+                "mode": r.mode,
+                "workers": r.workers,
+                "n_functions": r.n_functions,
+                "duration_s": r.duration,
+                "second": k + 1,
+                "calls": calls,
+            }  # fmt: skip
+            for r in self.runs
+            for k, calls in enumerate(r.timeline)
+        ]
+
+    def per_worker(self) -> list[dict[str, Any]]:
+        """Each worker's calls and busy share in each run (what ``per_worker.csv`` holds)."""
+        rows = []
+        for r in self.runs:
+            for worker in sorted(r.per_worker_functions):
+                busy = r.per_worker_busy_seconds.get(worker, 0.0)
+                rows.append(
+                    {"mode": r.mode, "workers": r.workers, "n_functions": r.n_functions,
+                     "duration_s": r.duration, "worker": worker,
+                     "calls": r.per_worker_functions[worker], "busy_s": round(busy, 4),
+                     "busy_share": round(busy / r.wall_seconds, 4) if r.wall_seconds else 0.0}
+                )  # fmt: skip
+        return rows
+
     def write(self, out_dir: str | Path | None = None, plots: bool = True) -> list[Path]:
-        """Write the CSV, the JSON and (if matplotlib is there) the PNG plots."""
+        """Write the CSVs, the JSON and (if matplotlib is there) the PNG plots."""
         out = Path(out_dir or self.config.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        rows = self.table()
-        paths = [out / "loadtest.csv", out / "loadtest.json"]
-        with open(paths[0], "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["workers"])
-            writer.writeheader()
-            writer.writerows(rows)
-        paths[1].write_text(
+        paths = []
+        for name, rows in (
+            ("loadtest.csv", self.table()),
+            ("timeseries.csv", self.timeseries()),
+            ("per_worker.csv", self.per_worker()),
+        ):
+            path = out / name
+            with open(path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["mode"])
+                writer.writeheader()
+                writer.writerows(rows)
+            paths.append(path)
+        path = out / "loadtest.json"
+        path.write_text(
             json.dumps(
                 {
                     "config": asdict(self.config),
@@ -112,6 +185,7 @@ class LoadTestResult:
                 indent=2,
             )
         )
+        paths.insert(1, path)
         if plots:
             from dc_jupyter.tools.loadtest.plots import save_plots
 
@@ -119,129 +193,131 @@ class LoadTestResult:
         return paths
 
 
-def _make_work(kind: str) -> Callable[[int, float], int]:
-    # Built inside a function so cloudpickle ships it by value: the workers
-    # do not have dc_jupyter installed.
-    def sleep_work(i: int, seconds: float) -> int:
-        import time
+def _worker_states(client: Any) -> Callable[[list[str]], dict[str, str]]:
+    """Each worker's state from the scheduler: tasks it is processing now, or gone."""
 
-        time.sleep(seconds)
-        return i
+    def states(workers: list[str]) -> dict[str, str]:
+        processing = client.processing()
+        return {
+            w: (
+                "gone"
+                if w not in processing
+                else f"busy, {len(processing[w])} tasks"
+                if processing[w]
+                else "idle"
+            )  # fmt: skip
+            for w in workers
+        }
 
-    def cpu_work(i: int, seconds: float) -> int:
-        import time
-
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            pass
-        return i
-
-    if kind not in ("sleep", "cpu"):
-        raise ValueError(f"work must be 'sleep' or 'cpu', not {kind!r}")
-    return sleep_work if kind == "sleep" else cpu_work
+    return states
 
 
-class _Progress:
-    """One self-overwriting terminal line (or plain lines when not a TTY)."""
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-
-    def update(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + text)
-            self.stream.flush()
-
-    def line(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K")
-        self.stream.write(text + "\n")
-        self.stream.flush()
+def _dashboard(client: Any) -> str:
+    services = (getattr(client, "_scheduler_identity", None) or {}).get("services", {})
+    if "dashboard" not in services:
+        return "none (the scheduler runs without a dashboard: install bokeh where it runs)"
+    return client.dashboard_link
 
 
-def _watch(handle: Any, label: str, progress: _Progress) -> list[Any]:
-    while not handle.done():
-        p = handle.progress()
-        rate = p.done / max(time.monotonic() - p.started_at, 1e-9)
-        progress.update(f"{label}: {p.done}/{p.total} done, {p.running} running, {rate:,.0f}/s")
-        time.sleep(0.1)
-    return handle.result()
-
-
-def run_load_test(config: LoadTestConfig, progress: _Progress | None = None) -> LoadTestResult:
-    """Start a cluster, grow it through ``config.workers`` and measure every run."""
-    import os
-    import platform
-
-    import dc_jupyter
-    from dc_jupyter import compute_this
-
-    progress = progress or _Progress()
-    counts = sorted(set(config.workers))
-    if not counts or counts[0] < 1:
-        raise ValueError(f"workers must be whole numbers >= 1, not {list(config.workers)!r}")
-    work = _make_work(config.work)
+def run_load_test(config: LoadTestConfig, monitor: Monitor | None = None) -> LoadTestResult:
+    """Measure every configuration on the built-in cluster or on ``config.scheduler``."""
+    if config.scheduler or config.scheduler_file:
+        target: Any = ExistingCluster(config.scheduler, config.scheduler_file, config.workers)
+    else:
+        target = OwnCluster(config.workers or (1, 2, 4, 8))
+    monitor = monitor or Monitor(plain_every=config.progress_every)
+    work = make_work(config.work)
     runs: list[Run] = []
     latencies: dict[int, list[float]] = {}
-    cluster = ProcessCluster(n_workers=counts[0])
-    progress.line(f"starting dask scheduler and {counts[0]} dask worker(s)...")
-    cluster.start()
+    nthreads: dict[str, int] = {}
+    if not target.existing:
+        monitor.line("starting dask scheduler and dask worker processes on 127.0.0.1...")
+    client = target.start()
     try:
-        client = dc_jupyter.connect(cluster.address)
-        job = compute_this(work)
-        job(0, 0.0).compute()  # warm up: connection, version check, worker imports
-        for n_workers in counts:
-            while len(cluster.workers) < n_workers:
-                cluster.add_worker()
-            cluster.wait_for_workers(n_workers)
-            client.wait_for_workers(n_workers)
+        monitor.state, monitor.dashboard = _worker_states(client), _dashboard(client)
+        monitor.line(f"load test on {target.where()}; dashboard: {monitor.dashboard}")
+        nthreads = client.nthreads()
+        warning = threads_warning(nthreads)
+        if warning:
+            monitor.line(f"Warning: {warning}")
+        for n_workers in target.worker_counts():
+            workers = target.workers(n_workers)
+            slots = {w: 1 if one_per_worker() else nthreads.get(w, 1) for w in workers}
+            backend = DaskBackend(JobOptions(client=client), workers=workers)
+            job = compute_this(work, backend=backend)
+            job(0, 0.0).compute()  # warm up: version check, worker code, worker imports
             latencies[n_workers] = []
             for _ in range(config.latency_samples):
                 start = time.perf_counter()
                 job(0, 0.0).compute()
                 latencies[n_workers].append(time.perf_counter() - start)
-            for n_functions in config.n_functions:
-                for duration in config.durations:
-                    label = f"{n_workers} workers, {n_functions} x {duration * 1000:g} ms"
-                    start = time.perf_counter()
-                    handle = job.map(range(n_functions), [duration] * n_functions).submit()
-                    results = _watch(handle, label, progress)
-                    wall = time.perf_counter() - start
-                    assert results == list(range(n_functions))
-                    final = handle.progress()
-                    throughput = n_functions / wall
-                    ideal = n_workers / duration
-                    runs.append(
-                        Run(
-                            workers=n_workers,
-                            n_functions=n_functions,
-                            duration=duration,
-                            wall_seconds=wall,
-                            throughput=throughput,
-                            ideal_throughput=ideal,
-                            efficiency=throughput / ideal,
-                            tasks=handle.tasks_sent,
-                            per_worker_functions=dict(final.per_worker),
-                            per_worker_busy_seconds=handle.busy_seconds(),
+            for mode in config.modes:
+                for n_functions in config.n_functions:
+                    for duration in config.durations:
+                        run = _measure(mode, job, n_functions, duration, workers, slots, monitor)
+                        runs.append(run)
+                        monitor.line(
+                            f"{run.label}: {run.throughput:,.1f}/s, ideal "
+                            f"{run.ideal_throughput:,.1f}/s ({run.efficiency:.0%}), "
+                            f"{run.tasks} tasks, calls per worker "
+                            f"{sorted(run.per_worker_functions.values())}"
                         )
-                    )
-                    progress.line(
-                        f"{label}: {throughput:,.1f}/s, ideal {ideal:,.1f}/s "
-                        f"({throughput / ideal:.0%}), {handle.tasks_sent} tasks"
-                    )
-            median_ms = statistics.median(latencies[n_workers]) * 1000
-            progress.line(f"{n_workers} workers: median round trip {median_ms:.1f} ms")
+            median_ms = (
+                statistics.median(latencies[n_workers]) * 1000 if latencies[n_workers] else 0
+            )
+            monitor.line(f"{n_workers} workers: median round trip {median_ms:.1f} ms")
     finally:
-        dc_jupyter.close()
-        cluster.stop()
+        target.close()
     machine = {
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cluster": target.where(),
+        "threads_per_worker": sorted(set(nthreads.values())),
+        "one_per_worker": one_per_worker(),
     }
     return LoadTestResult(config, runs, latencies, machine)
+
+
+def _measure(
+    mode: str,
+    job: Any,
+    n_functions: int,
+    duration: float,
+    workers: list[str],
+    slots: dict[str, int],
+    monitor: Monitor,
+) -> Run:
+    label = f"{mode}, {len(workers)} workers, {n_functions} x {duration * 1000:g} ms"
+    live_args = {"label": label, "workers": workers, "slots_per_worker": slots}
+    results, wall, tasks, live = MODES[mode](job, n_functions, duration, live_args, monitor)
+    if [r[0] for r in results] != list(range(n_functions)):
+        raise RuntimeError(f"{label}: results came back wrong or out of order")
+    calls: dict[str, int] = {}
+    busy: dict[str, float] = {}
+    for _, worker, seconds in results:
+        calls[worker] = calls.get(worker, 0) + 1
+        busy[worker] = busy.get(worker, 0.0) + seconds
+    stray = set(calls) - set(workers)
+    if stray:
+        raise RuntimeError(f"{label}: calls ran on workers outside the subset: {sorted(stray)}")
+    throughput = n_functions / wall
+    ideal = sum(slots.values()) / duration if duration else float("inf")
+    return Run(
+        mode=mode,
+        workers=len(workers),
+        n_functions=n_functions,
+        duration=duration,
+        wall_seconds=wall,
+        throughput=throughput,
+        ideal_throughput=ideal,
+        efficiency=throughput / ideal,
+        tasks=tasks,
+        per_worker_functions=calls,
+        per_worker_busy_seconds=busy,
+        timeline=live.timeline(wall),
+    )
 
 
 def _numbers(kind: type) -> Callable[[str], list]:
@@ -260,13 +336,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dc_jupyter.loadtest --help``."""
     parser = argparse.ArgumentParser(
         prog="python -m dc_jupyter.loadtest",
-        description="Measure dc_jupyter on a cluster of dask worker processes it starts itself.",
+        description=(
+            "Load-test dc_jupyter on dask worker processes it starts itself, or on a running "
+            "cluster (--scheduler / --scheduler-file), with live monitoring."
+        ),
     )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="a running scheduler, e.g. tcp://10.0.0.5:8786")  # fmt: skip
+    where.add_argument("--scheduler-file", metavar="FILE",
+                       help="the file `dask scheduler --scheduler-file FILE` wrote")  # fmt: skip
     parser.add_argument(
         "--workers",
         type=_numbers(int),
-        default=[1, 2, 4, 8],
-        help="worker counts to measure, e.g. 1,2,4,8 (one thread each)",
+        default=None,
+        help="worker counts to measure, e.g. 1,2,4,8 (default: 1,2,4,8 on the built-in "
+        "cluster; 1,2,4,... all on --scheduler)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["jobs", "map", "both"],
+        default="both",
+        help="jobs: one Dask task per call (.submit()); map: one batched func.map; both (default)",
     )
     parser.add_argument(
         "--functions",
@@ -292,24 +383,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=30,
         help="single-call round trips timed per worker count",
     )
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between progress lines when not on a terminal",
+    )
     parser.add_argument("--out", default="loadtest-results", help="directory for the files")
     parser.add_argument("--no-plots", action="store_true", help="only the CSV and JSON")
     args = parser.parse_args(argv)  # fmt: skip
-    config = LoadTestConfig(
-        workers=args.workers,
-        n_functions=args.functions,
-        durations=args.durations,
-        work=args.work,
-        latency_samples=args.latency_samples,
-        out_dir=args.out,
-    )
-    result = run_load_test(config)
+    try:
+        config = LoadTestConfig(
+            workers=args.workers,
+            n_functions=args.functions,
+            durations=args.durations,
+            modes=["jobs", "map"] if args.mode == "both" else [args.mode],
+            work=args.work,
+            latency_samples=args.latency_samples,
+            out_dir=args.out,
+            scheduler=args.scheduler,
+            scheduler_file=args.scheduler_file,
+            progress_every=args.progress_every,
+        )
+        result = run_load_test(config)
+    except (ValueError, RuntimeError, OSError) as exc:
+        parser.exit(1, f"error: {exc}\n")
     plots = not args.no_plots
     if plots:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print("matplotlib is not installed: no plots (pip install 'dc_jupyter[plot]')")
+            print('matplotlib is not installed: no plots (pip install -e ".[plot]")')
             plots = False
     for path in result.write(args.out, plots=plots):
         print(f"wrote {path}")
