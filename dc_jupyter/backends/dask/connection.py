@@ -65,18 +65,11 @@ def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any)
         ) from exc
     except (OSError, TimeoutError, TypeError, ValueError) as exc:
         tls_problem = _tls_problem(where, exc)
-        if isinstance(exc, ValueError) and "IOStream is not idle" in str(exc):
-            # A TLS client meeting a plaintext scheduler: the TLS handshake and the
-            # scheduler's first message cross on the same stream (seen in 1 of 2 runs).
-            tls_problem = (
-                "the TLS handshake failed; the scheduler there probably does not use TLS "
-                "(use its tcp:// address and no certificates)"
-            )
-        elif isinstance(exc, ValueError):
+        if isinstance(exc, ValueError) and tls_problem is not _NOT_TLS:
             raise
         if isinstance(exc, TypeError) and tls_problem is None:
             raise
-        if tls_problem is not None and "probably does not use TLS" in tls_problem:
+        if tls_problem is _NOT_TLS:
             raise SchedulerUnreachableError(
                 f"Could not talk to the Dask scheduler at {where!r}: {tls_problem} "
                 f"({type(exc).__name__}: {exc})."
@@ -173,9 +166,20 @@ def _address_in_file(kwargs: dict, target: Any) -> Any:
         return path
 
 
+_NOT_TLS = (
+    "this client speaks TLS, but the scheduler there answered in plain text: it does not "
+    "use TLS. Use its tcp:// address (and no certificates), or start it with TLS"
+)
+
+
 def _tls_problem(address: Any, exc: BaseException) -> str | None:
     """Why a TLS handshake failed, in words, or None if ``exc`` is not about TLS."""
-    text = f"{exc} {exc.__cause__ or ''}"
+    text = f"{exc} {exc.__cause__ or exc.__context__ or ''}"
+    if "WRONG_VERSION_NUMBER" in text or "IOStream is not idle" in text:
+        # A TLS client meeting a plaintext scheduler: OpenSSL reads its first bytes as
+        # a bad record, or (in about 1 run of 2) Tornado finds the scheduler's first
+        # message already in the stream it was about to wrap in TLS.
+        return _NOT_TLS
     if "ssl_context" in text:
         return "this client has no TLS certificates configured"
     if isinstance(address, str) and address.startswith("tls://") or "SSL" in text:
