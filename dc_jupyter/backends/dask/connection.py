@@ -49,7 +49,7 @@ def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any)
     seconds = _connect_timeout(timeout)
     where = target if isinstance(target, str) else _address_in_file(kwargs, target)
     try:
-        if isinstance(where, str):
+        if isinstance(where, str) and where.startswith(("tcp://", "tls://")):
             _probe(where, seconds)
         with warnings.catch_warnings():
             if config.get("check-versions", True):
@@ -120,7 +120,9 @@ def _probe(address: str, seconds: float) -> None:
 
     async def bounded() -> None:
         try:
-            await asyncio.wait_for(handshake(), seconds)
+            # A little past the connect's own timeout, so that a port where
+            # nothing listens fails as unreachable (an OSError) first.
+            await asyncio.wait_for(handshake(), seconds + 0.5)
         except asyncio.TimeoutError:
             raise _SilentPeer(f"no Dask handshake from {address} within {seconds:g} s") from None
 
