@@ -545,9 +545,10 @@ CASES = [
     # -- second corpus (issue 18): a wrong answer, hangs, memory, odd objects
     (
         "permissive-proxy-argument",
+        # In one list with jobs: the worker walks that list to fill in their results.
         lambda a: compute_this(address=a)(
-            lambda *xs: [x if type(x) is int else "proxy" for x in xs]
-        )(_times10(a)(1), _times10(a)(2), Permissive()).compute(),
+            lambda xs: [x if type(x) is int else "proxy" for x in xs]
+        )([_times10(a)(1), _times10(a)(2), Permissive()]).compute(),
         Returns([10, 20, "proxy"]),
         None,
     ),
