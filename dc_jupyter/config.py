@@ -6,6 +6,7 @@ so user YAML, ``DASK_DC_JUPYTER__*`` variables and ``dask.config.set`` win.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -20,6 +21,10 @@ with open(_DEFAULTS_FILE) as f:
 dask.config.update_defaults(_defaults)
 
 
+#: The longest timeout kept as given (a year); longer ones, ``inf`` included, are clamped.
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
 def get(key: str, default: Any = None) -> Any:
     """Return the setting ``dc_jupyter.<key>``."""
     return dask.config.get(f"dc_jupyter.{key}", default)
@@ -31,15 +36,22 @@ def seconds(value: Any, what: str) -> float | None:
 
     if value is None:
         return None
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError(f"{what} must be a positive number of seconds, not nan")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
         # (Dask's parser does not take negative numbers: say what is wrong instead.)
         raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
     try:
-        parsed = parse_timedelta(value, default="seconds")
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        parsed = float(value) if numeric else parse_timedelta(value, default="seconds")
+    except OverflowError:  # an int beyond float range: "forever"
+        parsed = math.inf
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(
             f"{what} must be a number of seconds or a time string like '10s', not {value!r}"
         ) from exc
-    if parsed is None or parsed <= 0:
+    if parsed is None or not parsed > 0:  # (not > also catches nan)
         raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
-    return float(parsed)
+    # Waits take at most threading.TIMEOUT_MAX (~292 years): a longer one means
+    # "no limit" in practice, so it is clamped, not an OverflowError later.
+    return min(float(parsed), MAX_SECONDS)

@@ -1,21 +1,31 @@
-"""A corpus of bad inputs across the function-level API.
+"""A corpus of bad inputs across the API (functions, ``connect()``, ``%%distribute`` options).
 
-Each must give a clear error that names the problem, leave nothing on the
-(real) cluster, and not break the next call. (Magic options and cell captures
-belong to `%%distribute` and are covered with it.)
+Each must give the right result or a clear error that names the problem, leave
+nothing on the (real) cluster, and not break the next call. Inputs that used to
+hang also carry a time bound. (Cell captures belong to ``%%distribute`` and
+are covered with it.)
 """
 
 from __future__ import annotations
 
+import collections
+import functools
+import itertools
+import socket
 import sys
+import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cloudpickle
 import dask
 import distributed  # noqa: F401  (loads its config defaults before any dask.config.set)
 import pytest
-from conftest import scheduler_task_count, wait_until
+from conftest import ipython_shell, scheduler_task_count, wait_until
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
 
 import dc_jupyter
 from dc_jupyter import SchedulerUnreachableError, SerializationError, compute_this
@@ -49,6 +59,158 @@ def _shut_pool():
 def _raising_iterable():
     yield 1
     raise ValueError("the input ran dry")
+
+
+class Returns:
+    """Expected outcome of a case that must succeed, with this value."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Returns({self.value!r})"
+
+
+class Permissive:
+    """A proxy/mock-like argument whose ``__getattr__`` answers every name."""
+
+    def __getattr__(self, name):
+        return 1
+
+
+class Broken:
+    """An argument whose ``__sizeof__`` and ``__repr__`` raise."""
+
+    def __sizeof__(self):
+        raise RuntimeError("no size")
+
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+
+Pair = collections.namedtuple("Pair", "a b")
+
+
+def _loop() -> list:
+    loop: list = []
+    loop.append(loop)
+    return loop
+
+
+def _times10(a):
+    return compute_this(address=a)(lambda x: x * 10)
+
+
+def _guarded_endless():
+    # Endless, but stops the test (instead of eating memory) if read too far.
+    for n in itertools.count():
+        if n > 100_000:
+            raise RuntimeError("read 100,000 items of an endless input: not bounded")
+        yield n
+
+
+def _map_bounded(a, iterable):
+    with dask.config.set({"dc_jupyter.map.max-items": 1000}):
+        return compute_this(address=a)(one).map(iterable)
+
+
+@functools.cache
+def _silent_port() -> int:
+    """A port that accepts connections (the kernel's backlog) but never speaks."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    _silent_port.listener = listener  # kept open for the session
+    return listener.getsockname()[1]
+
+
+@functools.cache
+def _dashboard(a: str) -> str:
+    """The session scheduler's dashboard (HTTP) port, written as a Dask address."""
+    from distributed import Client
+
+    with Client(a, set_as_default=False, timeout="30s") as client:
+        port = client.scheduler_info()["services"]["dashboard"]
+    return f"tcp://127.0.0.1:{port}"
+
+
+def _connect_while_others_work(a):
+    """A hanging connect must not hold up close() or work on another cluster."""
+    failure: list = []
+
+    def connect_silent():
+        try:
+            dc_jupyter.connect(f"tcp://127.0.0.1:{_silent_port()}", timeout=4)
+        except Exception as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=connect_silent)
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    dc_jupyter.close()  # what interpreter exit runs (atexit)
+    assert compute_this(address=a)(one)(5).compute(timeout=30) == 5
+    assert thread.is_alive(), "the connect was expected to still be waiting"
+    assert time.monotonic() - started < 3, "close()/other work waited for the connect"
+    thread.join()
+    raise failure[0]
+
+
+@functools.cache
+def _client_certificates() -> dict:
+    from test_tls import _make_cert, _write
+
+    folder = Path(tempfile.mkdtemp(prefix="dc-jupyter-certs-"))
+    ca = _make_cert("dc-jupyter test CA")
+    key, cert = _make_cert("notebook", issuer=ca)
+    return {
+        "distributed.comm.tls.ca-file": _write(folder / "ca.pem", cert=ca[1]),
+        "distributed.comm.tls.client.cert": _write(folder / "c.pem", cert=cert),
+        "distributed.comm.tls.client.key": _write(folder / "c.key", key=key),
+        "distributed.comm.require-encryption": True,
+    }
+
+
+def _tls_to_plaintext(a):
+    """Good certificates, plaintext scheduler: the handshake fails one of two ways
+    at random, so try several times; every one must be the same clear error."""
+    address = a.replace("tcp://", "tls://")
+    errors = []
+    with dask.config.set(_client_certificates()):
+        for _ in range(6):
+            try:
+                dc_jupyter.connect(address, timeout=5)
+            except Exception as exc:
+                errors.append(exc)
+    kinds = {(type(e), str(e).split(" (")[0]) for e in errors}
+    assert len(errors) == 6 and len(kinds) == 1, kinds
+    raise errors[0]
+
+
+@functools.cache
+def _shell():
+    shell = ipython_shell()
+    shell.run_line_magic("load_ext", "dc_jupyter")
+    return shell
+
+
+def _cell(line: str, cell: str = "y = 1"):
+    return _shell().run_cell_magic("distribute", line, cell)
+
+
+def _async_cell_timeout(a):
+    """``--async --timeout 1``: the cell is cancelled after 1 s, nobody waiting."""
+    shell = _shell()
+    shell.user_ns.pop("slept", None)
+    with capture_output() as captured:
+        _cell(
+            f"--async --timeout 1 -o handle --scheduler {a}",
+            "import time\nfor _ in range(300):\n    time.sleep(0.1)\nslept = 1",
+        )
+        handle = shell.user_ns["handle"]
+        wait_until(handle.done, timeout=10)
+        wait_until(lambda: "did not finish" in captured.stderr, timeout=5)
+    return handle.status, "slept" in shell.user_ns, "did not finish within 1 s" in captured.stderr
 
 
 # (id, thunk(address) that must raise, exception type, regex the message must match)
@@ -380,6 +542,227 @@ CASES = [
         RuntimeError,
         "after shutdown",
     ),
+    # -- second corpus (issue 18): a wrong answer, hangs, memory, odd objects
+    (
+        "permissive-proxy-argument",
+        # In one list with jobs: the worker walks that list to fill in their results.
+        lambda a: compute_this(address=a)(
+            lambda xs: [x if type(x) is int else "proxy" for x in xs]
+        )([_times10(a)(1), _times10(a)(2), Permissive()]).compute(),
+        Returns([10, 20, "proxy"]),
+        None,
+    ),
+    (
+        "connect-dashboard-port",
+        lambda a: dc_jupyter.connect(_dashboard(a), timeout=5),
+        SchedulerUnreachableError,
+        r"tcp://127.0.0.1:\d+' accepted the connection but did not answer as a Dask scheduler "
+        "within 5 s.*dashboard",
+        30,  # a Client to find the port + the 5 s timeout; it hung > 120 s
+    ),
+    (
+        "connect-silent-port",
+        lambda a: dc_jupyter.connect(f"tcp://127.0.0.1:{_silent_port()}", timeout=2),
+        SchedulerUnreachableError,
+        "did not answer as a Dask scheduler within 2 s",
+        10,
+    ),
+    (
+        "connect-hang-blocks-nothing-else",
+        _connect_while_others_work,
+        SchedulerUnreachableError,
+        "did not answer as a Dask scheduler within 4 s",
+        15,
+    ),
+    (
+        "resources-nan",
+        lambda a: compute_this(resources={"GPU": float("nan")}),
+        ValueError,
+        "resource 'GPU' needs a positive number, not nan",
+    ),
+    (
+        "resources-inf",
+        lambda a: compute_this(resources={"GPU": float("inf")}),
+        ValueError,
+        "resource 'GPU' needs a positive number, not inf",
+    ),
+    (
+        "magic-resources-nan",
+        lambda a: _cell(f"--resources GPU=nan --scheduler {a}"),
+        UsageError,
+        "resource 'GPU' needs a positive number, not nan",
+        20,
+    ),
+    (
+        "map-endless",
+        lambda a: compute_this(address=a)(one).map(itertools.count()),
+        ValueError,
+        r"one.map\(\): the input has more than 1,000,000 items.*endless.*Nothing was sent.*"
+        "dc_jupyter.map.max-items",
+        60,
+    ),
+    (
+        "map-endless-read-lazily",
+        lambda a: _map_bounded(a, _guarded_endless()),
+        ValueError,
+        "more than 1,000 items",
+        20,
+    ),
+    (
+        "magic-map-endless",
+        lambda a: _cell(f"--scheduler {a} --map x in __import__('itertools').count()"),
+        UsageError,
+        r"--map x in __import__\('itertools'\).count\(\): the input has more than 1,000,000",
+        60,
+    ),
+    (
+        "magic-async-timeout",
+        _async_cell_timeout,
+        Returns(("cancelled", False, True)),
+        None,
+        15,  # the cell would take 30 s
+    ),
+    (
+        "magic-out-get_ipython",
+        lambda a: _cell(f"-o get_ipython --scheduler {a}"),
+        UsageError,
+        "-o/--out get_ipython: that name belongs to Python or IPython itself",
+    ),
+    (
+        "magic-out-dunder",
+        lambda a: _cell(f"-o __builtins__ --scheduler {a}"),
+        UsageError,
+        "-o/--out __builtins__: that name belongs to Python or IPython itself",
+    ),
+    (
+        "magic-out-shell-cache",
+        lambda a: _cell(f"-o _i3 --scheduler {a}"),
+        UsageError,
+        "belongs to Python or IPython itself",
+    ),
+    (
+        "magic-out-keyword",
+        lambda a: _cell(f"-o class --scheduler {a}"),
+        UsageError,
+        "-o/--out takes a variable name, not 'class'",
+    ),
+    (
+        "magic-option-after-map",
+        lambda a: _cell(f"--map x in range(3) --scheduler {a}", "x * 2"),
+        Returns([0, 2, 4]),
+        None,
+    ),
+    (
+        "magic-unbalanced-quote",
+        lambda a: _cell(f'--pull "y --scheduler {a}'),
+        UsageError,
+        "(?s)No closing quotation.*usage: %%distribute",
+    ),
+    (
+        "job-in-namedtuple",
+        lambda a: compute_this(address=a)(lambda p: p.a + p.b)(Pair(_times10(a)(1), 2)).compute(),
+        Returns(12),
+        None,
+    ),
+    (
+        "job-in-set",
+        lambda a: compute_this(address=a)(sorted)({_times10(a)(1), _times10(a)(2)}).compute(),
+        Returns([10, 20]),
+        None,
+    ),
+    (
+        "job-as-dict-key",
+        lambda a: compute_this(address=a)(one)({_times10(a)(1): "v"}).compute(),
+        SerializationError,
+        "A job cannot be a dict key.*Nothing was sent",
+    ),
+    (
+        "job-inside-other-object",
+        lambda a: compute_this(address=a)(one)(collections.deque([_times10(a)(1)])).compute(),
+        SerializationError,
+        r"argument 'x' of one\(\).*deque.*not inside other objects",
+    ),
+    (
+        "self-referencing-list",
+        lambda a: compute_this(address=a)(lambda x: x[0] is x)(_loop()).compute(),
+        Returns(True),
+        None,
+    ),
+    (
+        "self-referencing-list-with-job",
+        lambda a: compute_this(address=a)(lambda x, y: (x[0] is x, y))(
+            _loop(), _times10(a)(1)
+        ).compute(),
+        Returns((True, 10)),
+        None,
+    ),
+    (
+        "map-self-referencing-list",
+        lambda a: compute_this(address=a)(lambda x: x[0] is x).map([_loop(), _loop()]).compute(),
+        Returns([True, True]),
+        None,
+    ),
+    (
+        "broken-sizeof-and-repr",
+        lambda a: compute_this(address=a)(lambda x: type(x).__name__)(Broken()).compute(),
+        Returns("Broken"),
+        None,
+    ),
+    (
+        "broken-repr-preview",
+        lambda a: repr(compute_this(address=a)(one)(Broken())),
+        Returns("<Job one(<Broken object>) not sent>"),
+        None,
+    ),
+    (
+        "broken-repr-in-map-error",
+        lambda a: compute_this(address=a)(one).map([Broken()], [1]),
+        TypeError,
+        r"item 0 <tuple>: .*takes 1 positional argument but 2",
+    ),
+    (
+        "timeout-huge",
+        lambda a: compute_this(address=a, timeout=1e308)(one)(1).compute(),
+        Returns(1),
+        None,
+    ),
+    (
+        "compute-timeout-huge",
+        lambda a: compute_this(address=a)(one).map([1]).compute(timeout=float("inf")),
+        Returns([1]),
+        None,
+    ),
+    (
+        "connect-timeout-huge",
+        lambda a: dc_jupyter.connect(a, timeout=1e308).scheduler.address == a,
+        Returns(True),
+        None,
+    ),
+    (
+        "timeout-nan",
+        lambda a: compute_this(timeout=float("nan")),
+        ValueError,
+        "timeout must be a positive number of seconds, not nan",
+    ),
+    (
+        "compute-timeout-nan",
+        lambda a: compute_this(address=a)(one)(1).compute(timeout=float("nan")),
+        ValueError,
+        "timeout must be a positive number of seconds, not nan",
+    ),
+    (
+        "magic-timeout-nan",
+        lambda a: _cell(f"--timeout nan --scheduler {a}"),
+        UsageError,
+        "timeout must be a positive number of seconds, not nan",
+    ),
+    (
+        "tls-client-to-plaintext-scheduler",
+        _tls_to_plaintext,
+        SchedulerUnreachableError,
+        r"Dask scheduler at 'tls://127.0.0.1:\d+'.*does not use TLS.*tcp:// address",
+        60,
+    ),
 ]
 
 
@@ -388,17 +771,36 @@ def ok(cluster):
     return compute_this(address=cluster.address)(lambda x: x + 1)
 
 
-@pytest.mark.parametrize("thunk, kind, pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_a_clear_error_and_leaves_nothing(cluster, client, ok, thunk, kind, pattern):
+def _params():
+    # (id, thunk(address), exception type or Returns(value), message regex[, seconds bound])
+    for name, thunk, expected, pattern, *bound in CASES:
+        yield pytest.param(thunk, expected, pattern, bound[0] if bound else None, id=name)
+
+
+@pytest.mark.parametrize("thunk, expected, pattern, within", list(_params()))
+def test_bad_input_is_a_clear_error_and_leaves_nothing(
+    cluster, client, ok, thunk, expected, pattern, within
+):
     assert wait_until(lambda: scheduler_task_count(client) == 0, timeout=10)
+    _shell()  # started once, outside the time bounds
+    started = time.monotonic()
     with dask.config.set({"dc_jupyter.connect-timeout": "1s"}):
-        with pytest.raises(kind, match=pattern):
-            thunk(cluster.address)
-    assert scheduler_task_count(client) == 0, "bad input left work on the cluster"
+        if isinstance(expected, Returns):
+            assert thunk(cluster.address) == expected.value
+        else:
+            with pytest.raises(expected, match=pattern):
+                thunk(cluster.address)
+    took = time.monotonic() - started
+    if within is not None:
+        assert took < within, f"took {took:.1f} s, more than {within} s"
+    # (Work that ran to completion is released a moment later; orphans stay.)
+    assert wait_until(lambda: scheduler_task_count(client) == 0, timeout=5), (
+        "bad input left work on the cluster"
+    )
     assert ok(1).compute(timeout=30) == 2  # and the next call works
     assert not [t.name for t in threading.enumerate() if t.name.startswith("dc_jupyter")]
 
 
 def test_corpus_is_big_enough():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 80
     assert len({c[0] for c in CASES}) == len(CASES)

@@ -7,6 +7,8 @@ options raise ``UsageError`` with the usage text, before anything is sent.
 from __future__ import annotations
 
 import argparse
+import builtins
+import keyword
 import re
 from typing import Any
 
@@ -20,6 +22,12 @@ from dc_jupyter.cell.run import CellOptions, run_cell
 
 _MAP_SPLIT = re.compile(r"(?:^|\s)--map(?:\s+|$)")
 _MAP_SPEC = re.compile(r"^\s*([A-Za-z_]\w*)\s+in\s+(\S.*?)\s*$", re.DOTALL)
+#: An option written after ``--map NAME in EXPR``: where EXPR ends.
+_OPTION_AFTER_MAP = re.compile(
+    r"\s(?=(?:--(?:async|out|local|retries|resources|timeout|pull|scheduler|map)|-o)(?:[\s=]|$))"
+)
+#: IPython's output cache and input history names (_, __, _5, _i, _ii3, ...).
+_SHELL_CACHE_NAME = re.compile(r"^(_{1,3}|_i{1,3}|_i?\d+|_[ido]h)$")
 
 
 def _resources(text: str) -> dict[str, float]:
@@ -119,16 +127,24 @@ class DistributeMagics(Magics):
                     f"not {parts[1]!r}."
                 )
             map_name, map_expr = match.groups()
+            # Options written after the sweep (`--map x in range(3) --local`) are
+            # options, not part of EXPR.
+            expr, *rest = _OPTION_AFTER_MAP.split(map_expr, maxsplit=1)
+            if rest:
+                map_expr = expr.strip()
+                parts[0] = f"{parts[0]} {rest[0]}"
         try:
             args = parse_argstring(self.distribute, parts[0])
         except UsageError as exc:
             raise UsageError(f"{exc}\n{_usage()}") from None
+        except ValueError as exc:  # shlex: an unbalanced quote
+            raise UsageError(f"%%distribute {line}: {exc}\n{_usage()}") from None
         if args.retries < 0:
             raise UsageError(f"--retries must be 0 or more, not {args.retries}\n{_usage()}")
         if args.timeout is not None and args.timeout <= 0:
             raise UsageError(f"--timeout must be a positive number of seconds\n{_usage()}")
-        if args.out is not None and not args.out.isidentifier():
-            raise UsageError(f"-o/--out takes a variable name, not {args.out!r}\n{_usage()}")
+        if args.out is not None:
+            self._check_out_name(args.out)
         if args.local and args.scheduler:
             raise UsageError("--local and --scheduler contradict each other; choose one.")
         return CellOptions(
@@ -143,6 +159,23 @@ class DistributeMagics(Magics):
             map_name=map_name,
             map_expr=map_expr,
         )
+
+    def _check_out_name(self, name: str) -> None:
+        """Refuse an ``-o`` name that is no variable name or would break later cells."""
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise UsageError(f"-o/--out takes a variable name, not {name!r}\n{_usage()}")
+        hidden = getattr(self.shell, "user_ns_hidden", {}) if self.shell is not None else {}
+        if (
+            name.startswith("__")
+            or name in hidden
+            or _SHELL_CACHE_NAME.match(name)
+            or hasattr(builtins, name)
+        ):
+            raise UsageError(
+                f"-o/--out {name}: that name belongs to Python or IPython itself (a builtin, "
+                "a dunder name or the shell's own machinery), and replacing it would break "
+                f"later cells. Choose another name, e.g. -o handle.\n{_usage()}"
+            )
 
     @line_magic("distribute")
     def distribute_line(self, line: str) -> Any:

@@ -12,6 +12,7 @@ untouched. Not for: parsing magic options (``cell.magic``), worker-side code
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import types
 import uuid
@@ -27,7 +28,7 @@ from dc_jupyter.cell.output import CellOutput
 from dc_jupyter.core import pickling
 from dc_jupyter.core.function import JobOptions, RemoteFunction
 from dc_jupyter.core.futures import format_exception_summary
-from dc_jupyter.core.map import MapJob
+from dc_jupyter.core.map import MapJob, take_items
 from dc_jupyter.core.tracebacks import hide_local_frames
 from dc_jupyter.errors import SerializationError
 from dc_jupyter.remote import cell as remote_cell
@@ -94,7 +95,8 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
     if options.out:
         shell.user_ns[options.out] = handle
     if options.run_async:
-        handle.add_done_callback(lambda _: _finish_async(shell, plan, handle, output))
+        timer = _AsyncTimeout(handle, _job_options(options).timeout)
+        handle.add_done_callback(lambda _: _finish_async(shell, plan, handle, output, timer))
         show(handle, label)
         return None
     with watching(handle, label):
@@ -219,12 +221,13 @@ def _sweep_elements(shell: Any, options: CellOptions) -> list:
             f"Python ({exc.msg}). Put --map last on the line, e.g. `%%distribute --map x in range(4)`."
         ) from None
     try:
-        return list(values)
+        iterator = iter(values)
     except TypeError:
         raise UsageError(
             f"--map {options.map_name} in {options.map_expr}: a {type(values).__name__} is not "
             "iterable; give a list, range or other iterable."
         ) from None
+    return take_items(iterator, f"--map {options.map_name} in {options.map_expr}", UsageError)
 
 
 def _pickle_inputs(captured: dict[str, Any]) -> bytes:
@@ -370,10 +373,45 @@ def _from_cell(func_globals: dict, user_ns: dict) -> bool:
 # -- --async -----------------------------------------------------------------------------
 
 
-def _finish_async(shell: Any, plan: _Plan, handle: Any, output: CellOutput | None) -> None:
+class _AsyncTimeout:
+    """``--timeout`` of an ``--async`` cell: nobody waits, so a timer cancels it."""
+
+    def __init__(self, handle: Any, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.expired = False
+        self._handle = handle
+        self._timer: threading.Timer | None = None
+        if timeout is not None:
+            self._timer = threading.Timer(timeout, self._expire)
+            self._timer.name = "dc_jupyter-cell-timeout"
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        if not self._handle.done():
+            self.expired = True
+            self._handle.cancel()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _finish_async(
+    shell: Any, plan: _Plan, handle: Any, output: CellOutput | None, timer: _AsyncTimeout
+) -> None:
+    timer.stop()
     try:
         if output is not None:
             output.finish()
+        if timer.expired:
+            print(
+                f"%%distribute --async cell did not finish within {timer.timeout:g} s; its "
+                "remote work was cancelled and the namespace was not changed. Raise "
+                "--timeout if it needs longer.",
+                file=sys.stderr,
+            )
+            return
         try:
             outcome = _outcome(plan, handle)
         except BaseException as exc:

@@ -117,11 +117,16 @@ def _raise_for_first_bad(part: Sequence[tuple], offset: int, name: str) -> None:
 
 
 def contains_job(value: Any, job_type: type) -> bool:
-    """Whether ``value`` is a job or holds one in a list, tuple or dict."""
-    if isinstance(value, job_type):
-        return True
-    if type(value) in (list, tuple):
-        return any(contains_job(v, job_type) for v in value)
-    if type(value) is dict:
-        return any(contains_job(v, job_type) for v in value.values())
+    """Whether ``value`` is a job or holds one in a list, tuple, set or dict.
+
+    Iterative and cycle-safe: a self-referencing list is fine.
+    """
+    stack, seen = [value], set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, job_type):
+            return True
+        if isinstance(item, (list, tuple, set, frozenset, dict)) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend(item.items() if isinstance(item, dict) else item)
     return False

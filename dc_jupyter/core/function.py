@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
@@ -40,7 +41,12 @@ class JobOptions:
         for name, amount in self.resources.items():
             if not isinstance(name, str) or not name:
                 raise ValueError(f"resource names must be non-empty strings, not {name!r}")
-            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
+            if (
+                isinstance(amount, bool)
+                or not isinstance(amount, (int, float))
+                or not math.isfinite(amount)  # nan would wait forever, no worker has it
+                or amount <= 0
+            ):
                 raise ValueError(
                     f"resource {name!r} needs a positive number, not {amount!r} "
                     "(e.g. resources={'GPU': 1})"

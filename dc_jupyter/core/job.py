@@ -23,27 +23,42 @@ if TYPE_CHECKING:
     from dc_jupyter.core.futures import JobFuture
 
 
-def _replace_jobs(obj: Any, deps: list[Job]) -> tuple[Any, bool]:
-    """Swap jobs in ``obj`` (and in list/tuple/dict inside it) for ``Dep`` placeholders."""
+def _replace_jobs(obj: Any, deps: list[Job], active: set[int] | None = None) -> tuple[Any, bool]:
+    """Swap jobs in ``obj`` for ``Dep`` placeholders: also inside lists, tuples,
+    namedtuples, sets and dict values. Cycle-safe: a container that holds
+    itself is left as it is (pickle keeps the loop)."""
     if isinstance(obj, Job):
         deps.append(obj)
         return remote_job.Dep(len(deps) - 1), True
-    if type(obj) in (list, tuple):
-        changed = False
-        items = []
+    kind = type(obj)
+    if kind not in (list, tuple, dict, set, frozenset) and not remote_job._is_namedtuple(obj):
+        return obj, False
+    active = set() if active is None else active
+    if id(obj) in active:
+        return obj, False
+    active.add(id(obj))
+    try:
+        if kind is dict:
+            if any(isinstance(key, Job) for key in obj):
+                raise SerializationError(
+                    "A job cannot be a dict key: its result is not known until it runs. "
+                    "Use it as a dict value, or compute it first. Nothing was sent."
+                )
+            out, changed = {}, False
+            for key, value in obj.items():
+                out[key], hit = _replace_jobs(value, deps, active)
+                changed |= hit
+            return (out, True) if changed else (obj, False)
+        items, changed = [], False
         for item in obj:
-            new, hit = _replace_jobs(item, deps)
+            new, hit = _replace_jobs(item, deps, active)
             items.append(new)
             changed |= hit
-        return (type(obj)(items), True) if changed else (obj, False)
-    if type(obj) is dict:
-        changed = False
-        out = {}
-        for key, value in obj.items():
-            out[key], hit = _replace_jobs(value, deps)
-            changed |= hit
-        return (out, True) if changed else (obj, False)
-    return obj, False
+        if not changed:
+            return obj, False
+        return (kind(items) if kind in (list, tuple, set, frozenset) else kind._make(items)), True
+    finally:
+        active.discard(id(obj))
 
 
 def _set_aside_if_large(value: Any, deps: list[Any], limit: int) -> tuple[Any, bool]:
@@ -52,7 +67,11 @@ def _set_aside_if_large(value: Any, deps: list[Any], limit: int) -> tuple[Any, b
         return value, False
     from dask.sizeof import sizeof
 
-    if sizeof(value) <= limit:
+    try:
+        size = sizeof(value)
+    except Exception:  # a broken __sizeof__, a self-referencing list: send it inline
+        return value, False
+    if size <= limit:
         return value, False
     deps.append(remote_job.Scattered(value))
     return remote_job.Dep(len(deps) - 1), True
@@ -137,6 +156,16 @@ class Job:
 
     run = compute
 
+    def __reduce__(self) -> Any:
+        # Only reached for a job somewhere _replace_jobs does not look (inside an
+        # object, a deque, ...): say so here, instead of a ModuleNotFoundError on
+        # a worker that has no dc_jupyter.
+        raise TypeError(
+            f"a job ({self.name}) can be an argument itself, or sit in a list, tuple, "
+            "namedtuple, set or dict value; not inside other objects. Compute it first "
+            "(job.compute()) and pass its result"
+        )
+
     def __repr__(self) -> str:
         shown = [_short(a) for a in self.args] + [
             f"{k}={_short(v)}" for k, v in self.kwargs.items()
@@ -168,5 +197,8 @@ def wait_or_cancel(handle: Any, timeout: float | None) -> Any:
 
 
 def _short(value: Any, limit: int = 24) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # a preview must never fail because of a broken __repr__
+        text = f"<{type(value).__name__} object>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -47,7 +47,9 @@ class MapJob:
                     f"not {type(iterable).__name__}"
                 ) from None
         self.function = function
-        self.items: list[tuple] = list(zip(*iterables, strict=False))
+        self.items: list[tuple] = take_items(
+            zip(*iterables, strict=False), f"{function.__name__}.map()"
+        )
         if self.items:
             # Every item is a tuple of len(iterables) positional arguments, so
             # binding one checks them all (the binder only looks at the shape).
@@ -55,7 +57,7 @@ class MapJob:
                 function._bind(*self.items[0])
             except TypeError as exc:
                 raise TypeError(
-                    f"{function.__name__}.map(): item 0 {self.items[0]!r}: {exc}"
+                    f"{function.__name__}.map(): item 0 {_preview(self.items[0])}: {exc}"
                 ) from None
         for index, item in enumerate(self.items):
             if any(contains_job(value, Job) for value in item):
@@ -109,6 +111,30 @@ class MapJob:
 
     def __repr__(self) -> str:
         return f"<MapJob {self.name} over {len(self)} items, not sent>"
+
+
+def take_items(iterable: Iterable, what: str, error: type[Exception] = ValueError) -> list:
+    """The items of ``iterable`` as a list; more than ``map.max-items`` raise ``error``.
+
+    An endless iterator (``itertools.count()``) would otherwise fill memory.
+    """
+    limit = int(config.get("map.max-items", 1_000_000))
+    items = list(itertools.islice(iterable, limit + 1))
+    if len(items) > limit:
+        raise error(
+            f"{what}: the input has more than {limit:,} items; is it endless, like "
+            "itertools.count()? Nothing was sent. Pass a finite iterable (e.g. "
+            "itertools.islice(it, n)), or raise the limit with "
+            "dask.config.set({'dc_jupyter.map.max-items': N})."
+        )
+    return items
+
+
+def _preview(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # an error message must not fail on a broken __repr__
+        return f"<{type(value).__name__}>"
 
 
 @dataclass

@@ -36,16 +36,40 @@ class Dep:
         return (Dep, (self.index,))
 
 
-def _fill(obj, results):
-    # Duck-typed on purpose: the Dep class arrives by value and may be a
-    # different class object from the one this function's globals hold.
-    if getattr(obj, "dc_jupyter_dep", False):
+def _marked(obj, marker: str) -> bool:
+    """Whether ``obj``'s exact type is one of this module's placeholder classes.
+
+    Looked up in the type's own ``__dict__``, never on the instance: an argument
+    whose ``__getattr__`` answers every name (a proxy, a mock) is not a
+    placeholder. Not ``type(obj) is Dep``: the class arrives by value and may be
+    a different class object from the one this module's globals hold.
+    """
+    return vars(type(obj)).get(marker) is True
+
+
+def _fill(obj, results, active=None):
+    """``obj`` with ``Dep`` placeholders (in lists, tuples, namedtuples, sets and
+    dict values) replaced by ``results``; cycle-safe."""
+    if _marked(obj, "dc_jupyter_dep"):
         return results[obj.index]
-    if type(obj) in (list, tuple):
-        return type(obj)(_fill(item, results) for item in obj)
-    if type(obj) is dict:
-        return {key: _fill(value, results) for key, value in obj.items()}
-    return obj
+    kind = type(obj)
+    if kind not in (list, tuple, dict, set, frozenset) and not _is_namedtuple(obj):
+        return obj
+    active = set() if active is None else active
+    if id(obj) in active:  # a container that holds itself: leave the loop as it is
+        return obj
+    active.add(id(obj))
+    try:
+        if kind is dict:
+            return {key: _fill(value, results, active) for key, value in obj.items()}
+        items = [_fill(item, results, active) for item in obj]
+        return kind._make(items) if kind not in (list, tuple, set, frozenset) else kind(items)
+    finally:
+        active.discard(id(obj))
+
+
+def _is_namedtuple(obj) -> bool:
+    return isinstance(obj, tuple) and hasattr(type(obj), "_fields") and hasattr(type(obj), "_make")
 
 
 class Scattered:
@@ -66,7 +90,7 @@ class Scattered:
 
 
 def _dep_value(blob):
-    if getattr(blob, "dc_jupyter_scattered", False):
+    if _marked(blob, "dc_jupyter_scattered"):
         return blob.value
     return cloudpickle.loads(blob)
 

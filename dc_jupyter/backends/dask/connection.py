@@ -49,17 +49,33 @@ def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any)
     from distributed.versions import VersionMismatchWarning
 
     seconds = _connect_timeout(timeout)
+    where = target if isinstance(target, str) else _address_in_file(kwargs, target)
     try:
+        if isinstance(where, str) and where.startswith(("tcp://", "tls://")):
+            _probe(where, seconds)
         with warnings.catch_warnings():
             if config.get("check-versions", True):
                 # ensure_compatible() raises a clearer error for the same finding.
                 warnings.simplefilter("ignore", VersionMismatchWarning)
             client = Client(target, timeout=f"{seconds}s", set_as_default=False, **kwargs)
-    except (OSError, TimeoutError, TypeError) as exc:
-        where = target if isinstance(target, str) else _address_in_file(kwargs, target)
+    except _SilentPeer as exc:
+        raise SchedulerUnreachableError(
+            f"Something at {where!r} accepted the connection but did not answer as a Dask "
+            f"scheduler within {seconds:g} s. Is it the dashboard's port, or another "
+            "service? Use the scheduler's own address (`dask scheduler` prints it; the "
+            "default port is 8786, the dashboard's is 8787)."
+        ) from exc
+    except (OSError, TimeoutError, TypeError, ValueError) as exc:
         tls_problem = _tls_problem(where, exc)
+        if isinstance(exc, ValueError) and tls_problem is not _NOT_TLS:
+            raise
         if isinstance(exc, TypeError) and tls_problem is None:
             raise
+        if tls_problem is _NOT_TLS:
+            raise SchedulerUnreachableError(
+                f"Could not talk to the Dask scheduler at {where!r}: {tls_problem} "
+                f"({type(exc).__name__}: {exc})."
+            ) from exc
         if tls_problem is not None:
             raise SchedulerUnreachableError(
                 f"The Dask scheduler at {where!r} refused this client: {tls_problem} "
@@ -77,6 +93,55 @@ def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any)
             "unset DASK_SCHEDULER_ADDRESS to use the embedded local cluster."
         ) from exc
     return tune_for_interactive_use(client)
+
+
+class _SilentPeer(TimeoutError):
+    """Something accepted the TCP connection but never answered Dask's handshake."""
+
+
+def _probe(address: str, seconds: float) -> None:
+    """Open and close one Dask comm to ``address``, handshake included, within ``seconds``.
+
+    ``distributed.Client`` waits for the scheduler's handshake without a timeout:
+    pointed at a port that accepts connections but never answers (a dashboard,
+    another service) it hung for minutes, whatever its ``timeout``. This
+    bounded check runs first, in a thread of its own (the caller may be inside
+    a running event loop, as in a Jupyter kernel).
+    """
+    import asyncio
+
+    from distributed.comm import connect as comm_connect
+    from distributed.security import Security
+
+    args = Security().get_connection_args("client")
+    outcome: list[BaseException | None] = []
+
+    async def handshake() -> None:
+        comm = await comm_connect(address, timeout=seconds, **args)
+        await comm.close()
+
+    async def bounded() -> None:
+        try:
+            # A little past the connect's own timeout, so that a port where
+            # nothing listens fails as unreachable (an OSError) first.
+            await asyncio.wait_for(handshake(), seconds + 0.5)
+        except asyncio.TimeoutError:
+            raise _SilentPeer(f"no Dask handshake from {address} within {seconds:g} s") from None
+
+    def run() -> None:
+        try:
+            asyncio.run(bounded())
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="dc_jupyter-connect-probe", daemon=True)
+    thread.start()
+    thread.join(seconds + 5)
+    if not outcome:
+        raise _SilentPeer(f"no Dask handshake from {address} within {seconds:g} s")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def tune_for_interactive_use(client: Any) -> Any:
@@ -105,9 +170,20 @@ def _address_in_file(kwargs: dict, target: Any) -> Any:
         return path
 
 
+_NOT_TLS = (
+    "this client speaks TLS, but the scheduler there answered in plain text: it does not "
+    "use TLS. Use its tcp:// address (and no certificates), or start it with TLS"
+)
+
+
 def _tls_problem(address: Any, exc: BaseException) -> str | None:
     """Why a TLS handshake failed, in words, or None if ``exc`` is not about TLS."""
-    text = f"{exc} {exc.__cause__ or ''}"
+    text = f"{exc} {exc.__cause__ or exc.__context__ or ''}"
+    if "WRONG_VERSION_NUMBER" in text or "IOStream is not idle" in text:
+        # A TLS client meeting a plaintext scheduler: OpenSSL reads its first bytes as
+        # a bad record, or (in about 1 run of 2) Tornado finds the scheduler's first
+        # message already in the stream it was about to wrap in TLS.
+        return _NOT_TLS
     if "ssl_context" in text:
         return "this client has no TLS certificates configured"
     if isinstance(address, str) and address.startswith("tls://") or "SSL" in text:
@@ -132,11 +208,22 @@ def client_for_address(address: str, timeout: float | str | None = None) -> Any:
     _check_host_port(address)
     with _lock:
         client = _by_address.get(address)
-        if not _usable(client):
-            if client is not None:
-                _close_quietly(client)
-            client = _by_address[address] = _open_client(address, timeout)
-        return client
+        if _usable(client):
+            return client
+        stale = _by_address.pop(address, None)
+    if stale is not None:
+        _close_quietly(stale)
+    # Outside the lock: connecting can take the whole timeout, and close() (also
+    # at interpreter exit) and every other call must not wait for it.
+    client = _open_client(address, timeout)
+    with _lock:
+        other = _by_address.get(address)
+        if not _usable(other):  # (else another thread connected meanwhile: use that)
+            _by_address[address], other = client, None
+    if other is not None:
+        _close_quietly(client)
+        return other
+    return client
 
 
 def _check_host_port(address: str) -> None:
@@ -181,16 +268,17 @@ def connect(
     return client
 
 
-def _reconnect_explicit() -> Any:
+def _reconnect_explicit(target: dict[str, Any]) -> Any:
     """The client connect() chose, reopened if its scheduler went away and came back."""
     global _explicit
-    target = _explicit_target or {}
     if target.get("scheduler_file"):
         client = _open_client(None, scheduler_file=target["scheduler_file"])
         _by_address[client.scheduler.address] = client
     else:
         client = client_for_address(target["address"])
-    _explicit = client
+    with _lock:
+        if _explicit_target is target:  # not changed (close(), connect()) meanwhile
+            _explicit = client
     return client
 
 
@@ -244,20 +332,23 @@ def current_client(client: Any = None, cluster: Any = None, address: str | None 
 
 
 def _discover() -> Any:
+    # Connecting to an address happens outside the lock (see client_for_address).
     with _lock:
         if _usable(_explicit):
             return _explicit
-        if _explicit_target is not None:
-            return _reconnect_explicit()
-        address = dask.config.get("scheduler-address", None)
-        if address:
-            return client_for_address(address)
-        try:
-            from distributed import default_client
+        target = _explicit_target
+    if target is not None:
+        return _reconnect_explicit(target)
+    address = dask.config.get("scheduler-address", None)
+    if address:
+        return client_for_address(address)
+    try:
+        from distributed import default_client
 
-            return default_client()
-        except ValueError:
-            pass
+        return default_client()
+    except ValueError:
+        pass
+    with _lock:
         if _usable(_local_client):
             return _local_client
         return _embedded_client(None)
