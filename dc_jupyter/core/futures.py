@@ -17,6 +17,7 @@ from typing import Any
 
 from dc_jupyter.backends.dask.errors import translate_backend_error
 from dc_jupyter.core import pickling
+from dc_jupyter.remote import job as remote_job
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,8 @@ class JobFuture:
             if clearer is not None:
                 clearer.__cause__ = exc
             else:
-                clearer = _strip_plumbing(exc)
+                # SystemExit & co. travel inside a carrier (remote.job.sendable)
+                clearer = _strip_plumbing(remote_job.user_exception(exc))
             self._error = clearer
             # Dask keeps the exception it raised in the client, and raising it
             # links our frames (so this future) to it: a cycle through the client
@@ -149,6 +151,10 @@ class JobFuture:
             return self._error or self._inner.exception()
         except Exception as exc:
             return exc
+        except BaseException as exc:  # the job's own SystemExit & co., not a Ctrl-C here
+            if exc is self._error:
+                return exc
+            raise
         return None
 
     def cancel(self) -> bool:
