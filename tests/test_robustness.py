@@ -350,29 +350,26 @@ def test_ctrl_c_returns_at_once_with_frozen_workers(rcluster, rclient, steady):
 
 
 def test_a_lost_scheduler_is_one_clear_error_for_maps_and_sweeps(ip, tmp_path):
-    from distributed import Client
-
     from dc_jupyter import SchedulerUnreachableError
 
     c = ProcessCluster(n_workers=1, worker_args=["--preload", BLOCK_PRELOAD], workdir=str(tmp_path))
     try:
         c.start(timeout=180)
-        with Client(c.address, timeout="60s", set_as_default=False) as client:
-            ip.reset()
-            ip.run_line_magic("distribute", f"connect {c.address}")
-            ip.user_ns["slow"] = slow
-            mapped = compute_this(client=client)(slow).map(range(400)).submit()
-            with capture_output(display=False):
-                ip.run_cell("%%distribute --async -o sweep --map k in range(400)\nslow(k)")
-            sweep = ip.user_ns["sweep"]
-            assert wait_until(lambda: mapped.counts()["finished"] > 0, timeout=60)
-            c.scheduler.send_signal(signal.SIGKILL)
-            start = time.monotonic()
-            with pytest.raises(SchedulerUnreachableError, match="Lost the connection"):
-                mapped.result(timeout=PROMPT)
-            with pytest.raises(SchedulerUnreachableError, match="Lost the connection"):
-                sweep.result(timeout=PROMPT)
-            assert time.monotonic() - start < PROMPT
+        ip.reset()
+        ip.run_line_magic("distribute", f"connect {c.address}")
+        ip.user_ns["slow"] = slow
+        mapped = compute_this()(slow).map(range(400)).submit()
+        with capture_output(display=False):
+            ip.run_cell("%%distribute --async -o sweep --map k in range(400)\nslow(k)")
+        sweep = ip.user_ns["sweep"]
+        assert wait_until(lambda: mapped.counts()["finished"] > 0, timeout=60)
+        c.scheduler.send_signal(signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(SchedulerUnreachableError, match="Lost the connection"):
+            mapped.result(timeout=PROMPT)
+        with pytest.raises(SchedulerUnreachableError, match="Lost the connection"):
+            sweep.result(timeout=PROMPT)
+        assert time.monotonic() - start < PROMPT
     finally:
         import dc_jupyter
 
@@ -392,3 +389,39 @@ def test_a_cell_brings_back_what_the_notebook_can_unpickle(shell, rclient, stead
     assert "thing" not in shell.user_ns
     assert "'thing' was not brought back" in captured.stderr
     assert "dc_jupyter_worker_only.Thing" in captured.stderr
+
+
+# -- results are released -----------------------------------------------------------------
+
+
+def test_computed_results_are_not_pinned_by_the_widgets(rcluster, rclient, steady, tmp_path):
+    """In a real kernel (widgets shown): five big results computed and dropped
+    leave nothing on the cluster."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(f"%load_ext dc_jupyter\n%distribute connect {rcluster.address}"),
+        nbformat.v4.new_code_cell(
+            "from dc_jupyter import compute_this\n"
+            "@compute_this()\n"
+            "def big(i):\n"
+            "    return bytes(5_000_000 + i)\n"
+            "sizes = [len(big(i).compute()) for i in range(5)]\n"
+            "import gc; gc.collect(); sizes"
+        ),
+    ]
+    env = {**os.environ}
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    client = NotebookClient(nb, timeout=180, kernel_name="python3", store_widget_state=True)
+    with client.setup_kernel(env=env, cwd=str(tmp_path)):
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)
+        assert "5000004" in str(nb.cells[1].outputs)
+        widgets = nb.metadata.get("widgets") or client.widget_state
+        assert widgets, "no widget was shown"
+        # Checked while the kernel, and the widgets in it, are still alive.
+        assert wait_until(lambda: scheduler_task_count(rclient) == 0, timeout=15), (
+            rclient.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
+        )

@@ -157,6 +157,18 @@ class JobFuture:
             raise
         return None
 
+    def release_remote(self) -> None:
+        """Let the cluster forget the result (and dependencies) once it is here.
+
+        ``result()`` keeps answering from the copy in this process. Does
+        nothing before the result arrived.
+        """
+        if self._value is _NOT_YET:
+            return
+        _release(self._inner)
+        for dep in self._keep:
+            _release(getattr(dep, "_inner", dep))
+
     def cancel(self) -> bool:
         """Cancel the job and its dependencies: queued work is dropped and running
         Python code is stopped on the worker (see ``remote.job.running_task``).
