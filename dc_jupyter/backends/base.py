@@ -64,6 +64,18 @@ class BatchChannel:
             future.set_exception(exc)
         return future
 
+    def failure(self, exc: Exception, name: str, future: Any) -> Exception | None:
+        """A clearer error for a batch that failed as a whole with ``exc``, or None.
+
+        One with ``dc_jupyter_crash = True`` says the process running it died:
+        the map then runs each of its items alone, so only the bad one fails.
+        """
+        return None
+
+    def lost_scheduler(self, future: Any) -> bool:
+        """True if ``future`` was cancelled because the cluster's scheduler is gone."""
+        return False
+
     def cancel(self, futures: list[Any]) -> None:
         """Cancel batches in flight (queued and, where the backend can, running)."""
         for future in futures:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dc_jupyter.core import pickling
 from dc_jupyter.core.futures import JobFuture
+from dc_jupyter.errors import SerializationError
 
 if TYPE_CHECKING:
     from dc_jupyter.core.map import MapFuture
@@ -72,8 +73,56 @@ class CellFuture(JobFuture):
         blob = super().result(timeout)  # the run_cell blob, itself a pickle
         with self._decode_lock:
             if self._outcome is None:
-                self._outcome = pickling.loads_result(blob)
+                try:
+                    self._outcome = pickling.loads_result(blob)
+                except Exception:
+                    self._outcome = self._outcome_by_name()
+                    if self._outcome is None:
+                        raise
             return self._outcome
+
+    def _outcome_by_name(self) -> dict | None:
+        """The outcome decoded name by name, when it cannot be as a whole here.
+
+        A worker re-pickles each name separately (``remote.job.split_outcome``);
+        names whose value cannot be unpickled in the notebook (e.g. a class
+        only the workers have) go to ``skipped``, with their type, and the
+        rest come back. None when that is not possible (not on Dask).
+        """
+        client = getattr(self._inner, "client", None)
+        if client is None or getattr(self._inner, "status", None) != "finished":
+            return None
+        from dc_jupyter.backends.dask import install
+
+        split = client.submit(
+            install.installed_on(client).split_outcome,
+            self._inner,
+            key=f"{self.key}-split",
+            pure=False,
+        )
+        try:
+            parts = pickling.loads_result(split.result(timeout=60))
+        finally:
+            split.release()
+        skipped = dict(parts.get("skipped", {}))
+        values = {}
+        for name, (blob, kind) in parts["values"].items():
+            try:
+                values[name] = pickling.loads_result(blob)
+            except Exception as exc:
+                skipped[name] = (
+                    f"a {kind} cannot be unpickled in the notebook ({type(exc).__name__}: {exc})"
+                )
+        blob, kind = parts["result"]
+        try:
+            result = pickling.loads_result(blob)
+        except Exception as exc:
+            raise SerializationError(
+                f"{self.label}: the cell's last expression is a {kind}, which cannot be "
+                f"unpickled in the notebook ({type(exc).__name__}: {exc}). End the cell with "
+                "a value the notebook can load (its class may exist only on the workers)."
+            ) from None
+        return {**parts, "values": values, "result": result, "skipped": skipped}
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the cell and return the value of its last expression (or None)."""

@@ -18,6 +18,7 @@ from typing import Any
 from dc_jupyter.backends.dask.errors import translate_backend_error
 from dc_jupyter.core import pickling
 from dc_jupyter.core.tracebacks import _PLUMBING, rebuild
+from dc_jupyter.remote import job as remote_job
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ class JobFuture:
                     if clearer is not None:
                         clearer.__cause__ = exc
                     else:
-                        clearer = _strip_plumbing(exc)
+                        # SystemExit & co. travel inside a carrier (remote.job.sendable)
+                        clearer = _strip_plumbing(remote_job.user_exception(exc))
                     self._error_tb = clearer.__traceback__
                     self._error = clearer
             # Dask keeps the exception it raised in the client, and raising it
@@ -152,6 +154,18 @@ class JobFuture:
         except Exception as exc:
             return exc
         return self._error
+
+    def release_remote(self) -> None:
+        """Let the cluster forget the result (and dependencies) once it is here.
+
+        ``result()`` keeps answering from the copy in this process. Does
+        nothing before the result arrived.
+        """
+        if self._value is _NOT_YET:
+            return
+        _release(self._inner)
+        for dep in self._keep:
+            _release(getattr(dep, "_inner", dep))
 
     def cancel(self) -> bool:
         """Cancel the job and its dependencies: queued work is dropped and running

@@ -152,7 +152,11 @@ class Job:
         timeout = self.function.options.timeout if timeout is None else seconds(timeout, "timeout")
         handle = self.submit(backend)
         with watching(handle):
-            return wait_or_cancel(handle, timeout)
+            value = wait_or_cancel(handle, timeout)
+        # Nobody else holds this handle but the widget, which keeps it to draw
+        # the final state: the cluster's copy of the result is not needed any more.
+        handle.release_remote()
+        return value
 
     run = compute
 

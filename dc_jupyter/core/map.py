@@ -20,6 +20,7 @@ from dc_jupyter.core.batching import BatchSizer, check_items, contains_job
 from dc_jupyter.core.futures import _strip_plumbing
 from dc_jupyter.core.job import Job, wait_or_cancel
 from dc_jupyter.errors import SerializationError
+from dc_jupyter.remote import job as remote_job
 from dc_jupyter.ui.display import watching
 
 if TYPE_CHECKING:
@@ -193,6 +194,9 @@ class MapFuture:
         self._lock = threading.Lock()
         self._finished = threading.Event()
         self._next = 0  # first item not sent yet
+        self._alone: list[int] = []  # items of crashed batches, to send one per task
+        self._alone_batch: int | None = None  # the one such task in flight
+        self._retried: set[int] = set()  # items that crashed alone once already
         self._in_flight: dict[int, tuple[int, int, Any]] = {}  # batch -> (start, count, future)
         self._batches = 0
         self._done = self._failed = self._cancelled = 0
@@ -225,6 +229,12 @@ class MapFuture:
         )
         if self._stopped or len(self._in_flight) >= self._max_in_flight:
             return None
+        if self._alone and self._alone_batch is None:
+            start, size, batch = self._alone.pop(0), 1, self._batches
+            self._batches += 1
+            self._in_flight[batch] = (start, size, None)
+            self._alone_batch = batch
+            return batch, start, size
         size = self._sizer.next_size(self.total - self._next)
         if not size:
             return None
@@ -259,7 +269,7 @@ class MapFuture:
             blob = pickling.dumps(self._items[start : start + size])
             future = self._channel.send(blob, key)
         except Exception as exc:  # e.g. the connection closed meanwhile
-            self._settle(batch, error=exc)
+            self._settle(batch, error=self._batch_error(exc, None))
             return
         with self._lock:
             if batch in self._in_flight:
@@ -292,6 +302,7 @@ class MapFuture:
                 self._ready_event.clear()
             if ready:
                 self._collect_many(ready)
+            ready = None  # see _collect_many: keep no batch future in this frame
 
     def _collect_many(self, ready: list[tuple[int, Any]]) -> None:
         fetchable = [(b, f) for b, f in ready if getattr(f, "status", None) == "finished"]
@@ -302,32 +313,106 @@ class MapFuture:
             except Exception:  # e.g. a result lost with its worker: fetch one by one
                 blobs = None
         fetched = {b for b, _ in fetchable} if blobs is not None else set()
-        if blobs is not None:
-            for (batch, _), blob in zip(fetchable, blobs, strict=True):
-                try:
-                    values, errors, meta = pickling.loads_result(blob)
-                except Exception as exc:
-                    self._settle(batch, error=exc)
-                else:
-                    self._settle(batch, values=values, errors=errors, meta=meta)
-        for batch, future in ready:
-            if batch not in fetched:
-                self._collect(batch, future, pump=False)
+        try:
+            if blobs is not None:
+                for position, blob in enumerate(blobs):
+                    batch, future = fetchable[position]
+                    self._decode(batch, blob, future)
+            for batch, future in ready:
+                if batch not in fetched:
+                    self._collect(batch, future, pump=False)
+        finally:
+            # Item errors come back with tracebacks rebuilt by tblib out of real
+            # frames whose f_back chain reaches this frame (and the collector
+            # loop's): emptied, they keep no batch future, so no result stays
+            # pinned on the cluster while the user holds an exception.
+            ready.clear()
+            fetchable.clear()
+            if blobs is not None:
+                blobs.clear()
+            future = blob = None  # noqa: F841
         self._pump()
 
     def _collect(self, batch: int, future: Any, pump: bool = True) -> None:
         try:
-            if future.cancelled():
+            if future.cancelled() and (self._stopped or not self._lost(future)):
                 self._settle(batch, cancelled=True)
                 return
             blob = future.result()
-            values, errors, meta = pickling.loads_result(blob)
         except BaseException as exc:  # the whole task failed (worker died, ...)
-            self._settle(batch, error=_strip_plumbing(exc) if isinstance(exc, Exception) else exc)
+            self._settle(batch, error=self._batch_error(exc, future))
+            # The error's traceback holds the Dask future (as in JobFuture.result):
+            # release it, or the erred task stays on the scheduler while the
+            # user holds the exception.
+            release = getattr(future, "release", None)
+            if release is not None:
+                release()
         else:
-            self._settle(batch, values=values, errors=errors, meta=meta)
+            self._decode(batch, blob, future)
+        future = blob = None  # noqa: F841 - as in _collect_many
         if pump:
             self._pump()
+
+    def _lost(self, future: Any) -> bool:
+        channel = self._channel
+        return channel is not None and channel.lost_scheduler(future)
+
+    def _decode(self, batch: int, blob: Any, future: Any) -> None:
+        """Settle a batch from its result blob; if the blob cannot be unpickled here
+        (e.g. one item returned a class that exists only on the workers), the
+        workers re-pickle it item by item, so only the bad items fail."""
+        try:
+            values, errors, meta = pickling.loads_result(blob)
+        except Exception as exc:
+            split = self._split(future)
+            if split is None:
+                self._settle(batch, error=exc)
+                return
+            values, errors, meta = split
+        finally:
+            future = blob = None  # noqa: F841 - as in _collect_many
+        self._settle(batch, values=values, errors=errors, meta=meta)
+
+    def _split(self, future: Any) -> tuple[list, dict, dict] | None:
+        channel = self._channel
+        splitter = getattr(channel, "split", None)
+        if splitter is None:
+            return None
+        try:
+            blob, future = splitter(future), None  # as in _collect_many
+            item_blobs, error_blobs, meta = pickling.loads_result(blob)
+        except Exception:
+            logging.getLogger(__name__).debug("dc_jupyter: could not split a batch", exc_info=True)
+            return None
+        values: list[Any] = []
+        errors: dict[int, BaseException] = {}
+        for position, item_blob in enumerate(item_blobs):
+            value = None
+            try:
+                if position in error_blobs:
+                    errors[position] = pickling.loads_result(error_blobs[position])
+                else:
+                    value = pickling.loads_result(item_blob)
+            except Exception as exc:
+                errors[position] = SerializationError(
+                    f"The result of item {position} of a batch of {self.name}.map cannot be "
+                    f"unpickled in the notebook: {type(exc).__name__}: {exc}. Its type may exist "
+                    "only on the workers (a module the notebook cannot import): return plain "
+                    "data instead, or install that module here too."
+                )
+            values.append(value)
+        return values, errors, meta
+
+    def _batch_error(self, exc: BaseException, future: Any) -> BaseException:
+        """The error of a whole failed batch, in words a user understands."""
+        if not isinstance(exc, Exception):
+            return exc
+        channel = self._channel
+        clearer = None if channel is None else channel.failure(exc, f"{self.name}.map", future)
+        if clearer is None:
+            return _strip_plumbing(exc)
+        clearer.__cause__ = exc
+        return clearer
 
     def _settle(self, batch, *, values=None, errors=None, meta=None, error=None, cancelled=False):
         with self._lock:
@@ -335,8 +420,12 @@ class MapFuture:
             if entry is None:
                 return
             start, count, _ = entry
+            if batch == self._alone_batch:
+                self._alone_batch = None
             if cancelled or self._stopped and error is not None:
                 self._cancelled += count
+            elif error is not None and self._rerun_alone(start, count, error):
+                pass
             elif error is not None:
                 for index in range(start, start + count):
                     self._errors[index] = error
@@ -345,6 +434,7 @@ class MapFuture:
             else:
                 self._results[start : start + count] = values
                 for position, exc in errors.items():
+                    exc = remote_job.user_exception(exc)
                     self._errors[start + position] = _strip_plumbing(exc)
                     self._error_tbs[start + position] = exc.__traceback__
                 self._failed += len(errors)
@@ -357,6 +447,25 @@ class MapFuture:
                 self._finish()
         if self._finished.is_set():
             self._run_callbacks()
+
+    def _rerun_alone(self, start: int, count: int, error: BaseException) -> bool:
+        """Under the lock: queue the items of a batch whose process died, to run alone.
+
+        The process died running one of them (``os._exit``, a segfault, out of
+        memory). Run alone, one task at a time, only the bad one fails. Tasks
+        queued on the dying worker die with it, so an item that crashed alone
+        gets one more try, at the end.
+        """
+        if not getattr(error, "dc_jupyter_crash", False):
+            return False
+        if count > 1:
+            self._alone.extend(range(start, start + count))
+            return True
+        if start in self._retried:
+            return False
+        self._retried.add(start)
+        self._alone.append(start)
+        return True
 
     def _finish(self) -> None:
         self._stopped = True
@@ -461,8 +570,9 @@ class MapFuture:
             if self._finished.is_set():
                 return False
             self._stopped = True
-            unsent = self.total - self._next
+            unsent = self.total - self._next + len(self._alone)
             self._next = self.total
+            self._alone.clear()
             self._cancelled += unsent
             futures = [f for _, _, f in self._in_flight.values() if f is not None]
             # Settled now, not when the cluster confirms: after cancel() the

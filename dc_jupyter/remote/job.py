@@ -133,14 +133,120 @@ def dump_result(result, name: str) -> bytes:
 
 
 def run_job(payload: bytes, *dep_blobs: bytes) -> bytes:
-    """Run one call on a worker and return its pickled result."""
+    """Run one call on a worker and return its pickled result.
+
+    Whatever the user's code raises is made safe to send first (``sendable``):
+    Dask would shut the worker down on ``SystemExit``, and hang on a traceback
+    thousands of frames deep.
+    """
+    error = None
     with running_task():
         try:
             name, result = call_payload(payload, dep_blobs)
         except BaseException as exc:
+            if _is_interrupt(exc):
+                raise
             note_first_lines(exc)
-            raise
-        return dump_result(result, name)
+            error = sendable(exc)
+        else:
+            return dump_result(result, name)
+    # Raised outside the except block, so the wrapper does not chain the original.
+    raise error
+
+
+# -- errors the user's code raises ---------------------------------------------------
+#
+# Three things make an exception unsafe to hand to Dask as it is:
+# - a BaseException that is not an Exception (SystemExit from sys.exit() or an
+#   argparse error, KeyboardInterrupt, GeneratorExit) shuts the worker down;
+# - a traceback thousands of frames deep (RecursionError, deep code) pickles on
+#   the worker but not in the client, whose handler then fails and the future
+#   never finishes;
+# - an exception that cannot be pickled.
+
+#: Tracebacks longer than this keep their first and last frames only.
+MAX_FRAMES = 60
+_HEAD_FRAMES = 15
+#: How many chained exceptions (``__cause__`` / ``__context__``) travel along.
+MAX_CHAIN = 5
+#: The attribute of the stand-in that carries a BaseException across (duck-typed:
+#: the notebook side finds it with ``user_exception``).
+_CARRIED = "dc_jupyter_raised"
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    return getattr(type(exc), "dc_jupyter_interrupt", False)
+
+
+def _truncate_traceback(exc: BaseException) -> None:
+    """Keep the first and last frames of a very deep traceback, and say so in a note."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    if len(frames) <= MAX_FRAMES:
+        return
+    tail = MAX_FRAMES - _HEAD_FRAMES
+    frames[_HEAD_FRAMES - 1].tb_next = frames[-tail]
+    omitted = len(frames) - MAX_FRAMES
+    exc.add_note(
+        f"(dc_jupyter: traceback truncated: {omitted} of {len(frames)} frames in the middle "
+        "are not shown)"
+    )
+
+
+def _trim_chain(exc: BaseException) -> None:
+    """Truncate the tracebacks of ``exc`` and its chained exceptions; cut long chains."""
+    seen: set[int] = set()
+    todo = [(exc, 0)]
+    while todo:
+        current, depth = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        _truncate_traceback(current)
+        for attr in ("__cause__", "__context__"):
+            linked = getattr(current, attr)
+            if linked is None:
+                continue
+            if depth + 1 >= MAX_CHAIN or id(linked) in seen:
+                setattr(current, attr, None)
+            else:
+                todo.append((linked, depth + 1))
+
+
+def sendable(exc: BaseException) -> Exception:
+    """``exc`` made safe to hand to Dask (or another process) as a task's failure.
+
+    Deep tracebacks are truncated; an exception that cannot be pickled becomes
+    a ``RuntimeError`` naming it; a ``BaseException`` that is not an
+    ``Exception`` travels inside a ``RuntimeError`` that ``user_exception``
+    unwraps in the notebook. The traceback is kept.
+    """
+    try:
+        _trim_chain(exc)
+    except Exception:  # never let the repair hide the user's error
+        pass
+    traceback = exc.__traceback__
+    portable = _portable_error(exc)
+    if isinstance(portable, Exception):
+        return portable
+    carrier = RuntimeError(f"{type(portable).__qualname__}: {portable}")
+    setattr(carrier, _CARRIED, portable)
+    portable.__traceback__ = None  # travels as the carrier's traceback
+    return carrier.with_traceback(traceback)
+
+
+def user_exception(exc: BaseException) -> BaseException:
+    """The exception the user's code raised, out of the carrier ``sendable`` made."""
+    carried = getattr(exc, _CARRIED, None)
+    if isinstance(carried, BaseException):
+        exc = carried.with_traceback(exc.__traceback__)
+    if isinstance(exc, SystemExit) and exc.code is None and exc.args:
+        # tblib's unpickling skips __init__, which sets the exit code from args
+        exc.code = exc.args[0] if len(exc.args) == 1 else exc.args
+    return exc
 
 
 #: Set on a failing task's exception (and those it chains to): for each frame of
@@ -328,9 +434,13 @@ def _portable_error(exc: BaseException) -> BaseException:
         cloudpickle.loads(cloudpickle.dumps(exc, protocol=PICKLE_PROTOCOL))
         return exc
     except Exception:
+        try:
+            text = str(exc)
+        except Exception:
+            text = "<str() failed>"
         return RuntimeError(
-            f"{type(exc).__qualname__}: {exc} (the exception itself cannot be pickled)"
-        )
+            f"{type(exc).__qualname__}: {text} (the exception itself cannot be pickled)"
+        ).with_traceback(exc.__traceback__)
 
 
 def run_batch(function_blob: bytes, items_blob: bytes, *scattered) -> bytes:
@@ -359,7 +469,10 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered) -> bytes:
         for position, args in enumerate(items):
             try:
                 values[position] = func(*args)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit & co. fail their item only
+                if _is_interrupt(exc):
+                    raise
+                _trim_chain(exc)
                 errors[position] = _portable_error(exc)
     busy = time.perf_counter() - clock
     meta = {"worker": _where(), "started": started, "busy": busy, "count": len(items)}
@@ -378,3 +491,48 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered) -> bytes:
             errors[position] = exc
             values[position] = None
     return cloudpickle.dumps((values, errors, meta), protocol=PICKLE_PROTOCOL)
+
+
+def split_batch(blob: bytes) -> bytes:
+    """Re-pickle a ``run_batch`` result item by item (run on a worker).
+
+    For a batch whose result the notebook cannot unpickle as a whole: each
+    value and error gets a blob of its own, so only the items that cannot be
+    unpickled there fail. Returns ``(item_blobs, error_blobs, meta)``.
+    """
+    values, errors, meta = cloudpickle.loads(blob)
+    item_blobs = [
+        None if position in errors else cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+        for position, value in enumerate(values)
+    ]
+    error_blobs = {
+        position: cloudpickle.dumps(exc, protocol=PICKLE_PROTOCOL)
+        for position, exc in errors.items()
+    }
+    return cloudpickle.dumps((item_blobs, error_blobs, meta), protocol=PICKLE_PROTOCOL)
+
+
+def split_outcome(job_blob: bytes) -> bytes:
+    """Re-pickle a ``%%distribute`` cell's outcome name by name (run on a worker).
+
+    For an outcome the notebook cannot unpickle as a whole (a value whose class
+    exists only on the workers): every name, and the last expression's value,
+    get a blob of their own plus their type's name, so the notebook brings back
+    what it can. Returns ``{"values": {name: (blob, type)}, "result": (blob, type),
+    "deleted": [...], "skipped": {...}}``.
+    """
+    outcome = cloudpickle.loads(cloudpickle.loads(job_blob))
+
+    def part(value):
+        kind = type(value)
+        shown = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else (f"{kind.__module__}.{kind.__qualname__}")
+        )
+        return cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL), shown
+
+    split = dict(outcome)
+    split["values"] = {name: part(value) for name, value in outcome["values"].items()}
+    split["result"] = part(outcome["result"])
+    return cloudpickle.dumps(split, protocol=PICKLE_PROTOCOL)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import time
 import uuid
@@ -11,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from dc_jupyter import config
 from dc_jupyter.backends.base import Backend, BatchChannel
 from dc_jupyter.backends.dask import connection, install
+from dc_jupyter.backends.dask.errors import translate_backend_error
 from dc_jupyter.core.futures import JobFuture
 from dc_jupyter.remote import job as remote_job
 from dc_jupyter.remote import plugins
@@ -40,6 +44,13 @@ logger = logging.getLogger(__name__)
 
 #: Cancelling never waits longer than this for the scheduler (it may be gone).
 CANCEL_TIMEOUT = 5.0
+#: ... and the caller (a timeout, Ctrl-C) waits at most this long for it; the
+#: rest goes on in the background.
+CANCEL_WAIT = 0.3
+#: How long the background interrupt waits for workers (a frozen one never answers).
+INTERRUPT_TIMEOUT = 60.0
+#: How long a map waits for a worker to re-pickle a batch item by item.
+SPLIT_TIMEOUT = 60.0
 
 
 class DaskCanceller:
@@ -67,15 +78,36 @@ class DaskCanceller:
             for future in futures:
                 future.cancel()
             return
-        client.sync(_cancel_and_interrupt, client, futures, keys, callback_timeout=CANCEL_TIMEOUT)
+        # A frozen worker (SIGSTOP, a GIL-holding C call) never answers the
+        # interrupt: wait at most CANCEL_WAIT so a timeout or Ctrl-C returns on
+        # time, and let the cancelling go on in the background.
+        pending = asyncio.run_coroutine_threadsafe(
+            _cancel_and_interrupt(client, futures, keys), client.loop.asyncio_loop
+        )
+        if _on_loop(client):
+            return  # on the event loop's own thread: waiting would block it
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            pending.result(timeout=CANCEL_WAIT)
+
+
+def _on_loop(client: Any) -> bool:
+    try:
+        return asyncio.get_running_loop() is client.loop.asyncio_loop
+    except RuntimeError:
+        return False
 
 
 async def _cancel_and_interrupt(client: Any, futures: list, keys: list[str]) -> None:
-    await client._cancel(futures, force=True)
-    if keys:
-        # Uploaded already if any task of ours ran (no upload from inside the event loop).
-        interrupt = install.local_module().interrupt_tasks
-        await client._run(interrupt, keys, wait=True, on_error="ignore")
+    try:
+        await asyncio.wait_for(client._cancel(futures, force=True), CANCEL_TIMEOUT)
+        if keys:
+            # Uploaded already if any task of ours ran (no upload from inside the event loop).
+            interrupt = install.local_module().interrupt_tasks
+            await asyncio.wait_for(
+                client._run(interrupt, keys, wait=True, on_error="ignore"), INTERRUPT_TIMEOUT
+            )
+    except Exception:  # in the background: nobody to raise to
+        logger.info("dc_jupyter: cancelling on the cluster did not finish", exc_info=True)
 
 
 #: client -> (time.monotonic(), {resource: largest amount one worker has}, n_workers)
@@ -294,6 +326,36 @@ class _DaskBatches(BatchChannel):
             **self.restrictions,
         )
 
+    def failure(self, exc: Exception, name: str, future: Any) -> Exception | None:
+        handle = _Described(name, getattr(future, "key", None), future)
+        clearer = translate_backend_error(exc, handle)
+        if clearer is None and self.lost_scheduler(future):
+            # e.g. "RuntimeError: ConnectionPool is closed" from a client whose
+            # scheduler went away: the same error as for a job.
+            clearer = translate_backend_error(_ConnectionLost(), handle)
+        if clearer is not None:
+            clearer.dc_jupyter_crash = type(exc).__name__ == "KilledWorker"
+        return clearer
+
+    def lost_scheduler(self, future: Any) -> bool:
+        cancelled = getattr(getattr(future, "_state", None), "exception", None)
+        if getattr(cancelled, "reason", None) == "scheduler-connection-lost":
+            return True
+        return self.client.status not in ("running", "newly-created")
+
+    def split(self, future: Any) -> bytes:
+        """The batch result of ``future`` re-pickled item by item, on a worker."""
+        split = self.client.submit(
+            install.installed_on(self.client).split_batch,
+            future,
+            key=f"{future.key}-split",
+            pure=False,
+        )
+        try:
+            return split.result(timeout=SPLIT_TIMEOUT)
+        finally:
+            split.release()
+
     def cancel(self, futures: list[Any]) -> None:
         try:
             canceller_for(self.client).cancel_futures(futures, [f.key for f in futures])
@@ -304,3 +366,14 @@ class _DaskBatches(BatchChannel):
         shared, self.shared = self.shared, []
         for future in shared:
             future.release()
+
+
+class _Described:
+    """What ``translate_backend_error`` needs to know of a map's batch."""
+
+    def __init__(self, name: str, key: Any, future: Any) -> None:
+        self.name, self.key, self._inner = name, key, future
+
+
+class _ConnectionLost(Exception):
+    reason = "scheduler-connection-lost"  # what translate_backend_error recognises
