@@ -67,10 +67,17 @@ class ProcessCluster:
 
     # -- lifecycle --------------------------------------------------------
     def start(self, timeout: float = 300) -> ProcessCluster:
-        self.start_scheduler(timeout)
-        for _ in range(self.n_workers):
-            self.add_worker()
-        self.wait_for_workers(self.n_workers, timeout)
+        """Start the scheduler and workers; on any failure stop what was started."""
+        try:
+            self.start_scheduler(timeout)
+            for _ in range(self.n_workers):
+                self.add_worker()
+            self.wait_for_workers(self.n_workers, timeout)
+        except BaseException:
+            # A fixture whose start fails never reaches stop(): without this the
+            # processes started so far were left running (seen under load).
+            self.stop()
+            raise
         return self
 
     def start_scheduler(self, timeout: float = 300, port: int = 0) -> None:
