@@ -544,6 +544,22 @@ def test_retries_rerun_a_failed_cell(shell, tmp_path):
     assert isinstance(result.error_in_exec, RuntimeError)
 
 
+def test_retries_rerun_failed_sweep_elements(shell, tmp_path):
+    shell.user_ns["markers"] = str(tmp_path)
+    cell = (
+        "import os\nmarker = os.path.join(markers, str(i))\n"
+        "first = not os.path.exists(marker)\nopen(marker, 'a').close()\n"
+        "if first:\n    raise RuntimeError(f'first try of {i}')\nsquare = i * i"
+    )
+    result, _, _ = run(shell, "%%distribute --retries 1 --map i in range(4)\n" + cell)
+    assert result.error_in_exec is None, result.error_in_exec
+    assert shell.user_ns["square"] == [0, 1, 4, 9]
+    for path in tmp_path.iterdir():
+        path.unlink()
+    result, _, _ = run(shell, "%%distribute --map i in range(2)\n" + cell)
+    assert isinstance(result.error_in_exec, RuntimeError)
+
+
 def test_scheduler_option_runs_on_that_cluster_for_this_cell_only(ip, cluster):
     ip.reset()
     dc_jupyter.close()

@@ -164,3 +164,27 @@ def test_large_arguments_are_scattered_without_the_large_graph_warning(cluster, 
     with dask.config.set({"dc_jupyter.scatter-threshold": "1 kB"}):
         small = np.arange(1000.0)
         assert total(small).compute() == float(small.sum())
+
+
+def test_retries_rerun_failed_map_items(cluster, tmp_path):
+    markers = str(tmp_path)
+
+    def first_try_fails(i):
+        # Fails the first time it sees item i (a marker file per item), then works.
+        import os
+
+        marker = os.path.join(markers, f"{i}")
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError(f"first try of item {i}")
+        return i * 10
+
+    retried = compute_this(address=cluster.address, retries=1)(first_try_fails)
+    assert retried.map(range(6)).compute() == [0, 10, 20, 30, 40, 50]
+    assert sorted(os.listdir(markers)) == [str(i) for i in range(6)]
+
+    for name in os.listdir(markers):
+        os.unlink(os.path.join(markers, name))
+    once = compute_this(address=cluster.address)(first_try_fails)
+    results = once.map(range(3)).compute(errors="return")
+    assert [type(r) for r in results] == [RuntimeError] * 3

@@ -96,7 +96,7 @@ class RemoteFunction:
     def backend(self) -> Backend:
         """The backend this function's jobs run on (resolved on first use)."""
         if self._backend is None:
-            from dc_jupyter.backends import resolve_backend
+            from dc_jupyter.backends.base import resolve_backend
 
             self._backend = resolve_backend(self.options)
         return self._backend

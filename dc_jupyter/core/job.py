@@ -12,11 +12,11 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from dc_jupyter.config import seconds
-from dc_jupyter.core import pickling
+from dc_jupyter.core import observe, pickling
 from dc_jupyter.core.signature import labelled_arguments
+from dc_jupyter.core.submit import submit_job
 from dc_jupyter.errors import SerializationError
 from dc_jupyter.remote import job as remote_job
-from dc_jupyter.ui.display import watching
 
 if TYPE_CHECKING:
     from dc_jupyter.core.function import RemoteFunction
@@ -113,8 +113,8 @@ class Job:
         return payload, deps
 
     def submit(self) -> JobFuture:
-        """Send the job and return at once with a ``JobFuture``."""
-        return self.function.backend().submit(self)
+        """Send the job (its dependencies first) and return at once with a ``JobFuture``."""
+        return submit_job(self)
 
     def compute(self, timeout: float | None = None) -> Any:
         """Run the job where its backend runs work and return the result.
@@ -126,7 +126,7 @@ class Job:
         # Checked before anything is sent: a bad timeout must not leave work running.
         timeout = self.function.options.timeout if timeout is None else seconds(timeout, "timeout")
         handle = self.submit()
-        with watching(handle):
+        with observe.watching(handle):
             return wait_or_cancel(handle, timeout)
 
     run = compute
@@ -137,13 +137,11 @@ class Job:
         ]
         return f"<Job {self.name}({', '.join(shown)}) not sent>"
 
-    def _repr_html_(self) -> str:
-        from dc_jupyter.ui.render import lazy_job_html
-
+    def _repr_html_(self) -> str | None:
         shown = [_short(a) for a in self.args] + [
             f"{k}={_short(v)}" for k, v in self.kwargs.items()
         ]
-        return lazy_job_html(self.name, ", ".join(shown))
+        return observe.lazy_job_html(self.name, ", ".join(shown))
 
 
 def wait_or_cancel(handle: Any, timeout: float | None) -> Any:

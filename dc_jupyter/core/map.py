@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from dc_jupyter import config
 from dc_jupyter.config import seconds
-from dc_jupyter.core import pickling
+from dc_jupyter.core import observe, pickling
 from dc_jupyter.core.batching import BatchSizer, check_items, contains_job
 from dc_jupyter.core.futures import _strip_plumbing
 from dc_jupyter.core.job import Job, wait_or_cancel
 from dc_jupyter.errors import SerializationError
-from dc_jupyter.ui.display import watching
 
 if TYPE_CHECKING:
     from dc_jupyter.backends.base import BatchChannel
@@ -101,7 +100,7 @@ class MapJob:
         # Checked before anything is sent: a bad timeout must not leave work running.
         timeout = self.function.options.timeout if timeout is None else seconds(timeout, "timeout")
         handle = self.submit()
-        with watching(handle):
+        with observe.watching(handle):
             return wait_or_cancel(_ResultWith(handle, errors), timeout)
 
     run = compute
@@ -470,9 +469,7 @@ class MapFuture:
 
     def _ipython_display_(self) -> None:
         """Displayed in a notebook: the live progress widget, with a cancel button."""
-        from dc_jupyter.ui.display import show
-
-        show(self)
+        observe.show(self)
 
 
 class _ResultWith:

@@ -276,8 +276,11 @@ def _portable_error(exc: BaseException) -> BaseException:
         )
 
 
-def run_batch(function_blob: bytes, items_blob: bytes, *scattered) -> bytes:
+def run_batch(function_blob: bytes, items_blob: bytes, *scattered, item_retries: int = 0) -> bytes:
     """Run one batch of a map: the function once per item, errors kept per item.
+
+    An item that raises is run again, right here, up to ``item_retries`` times
+    (``retries=`` of the map) before its error counts.
 
     ``function_blob`` is the function pickled once per map; ``items_blob`` a
     pickled list of argument tuples, where ``Dep(i)`` placeholders stand for
@@ -300,10 +303,13 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered) -> bytes:
     clock = time.perf_counter()
     with running_task():  # cancel / Ctrl-C / timeout stop the batch mid-item
         for position, args in enumerate(items):
-            try:
-                values[position] = func(*args)
-            except Exception as exc:
-                errors[position] = _portable_error(exc)
+            for attempt in range(item_retries + 1):
+                try:
+                    values[position] = func(*args)
+                    break
+                except Exception as exc:
+                    if attempt == item_retries:
+                        errors[position] = _portable_error(exc)
     busy = time.perf_counter() - clock
     meta = {"worker": _where(), "started": started, "busy": busy, "count": len(items)}
     try:
