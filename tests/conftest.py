@@ -97,6 +97,27 @@ def ipython_shell():
     return start_ipython() or TerminalInteractiveShell.instance()
 
 
+def stopped_growing(path, quiet: float = 1.0, timeout: float = 20.0) -> bool:
+    """True once the file at ``path`` has not grown for ``quiet`` seconds: the code
+    appending to it has stopped. False if it still grows after ``timeout``."""
+    import os
+    import time
+
+    def size() -> int:
+        return os.path.getsize(path) if os.path.exists(path) else 0
+
+    deadline = time.monotonic() + timeout
+    last, since = size(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = size()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return True
+    return False
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
     import time

@@ -397,8 +397,3 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(cluster, client, ok, thun
     assert scheduler_task_count(client) == 0, "bad input left work on the cluster"
     assert ok(1).compute(timeout=30) == 2  # and the next call works
     assert not [t.name for t in threading.enumerate() if t.name.startswith("dc_jupyter")]
-
-
-def test_corpus_is_big_enough():
-    assert len(CASES) >= 40
-    assert len({c[0] for c in CASES}) == len(CASES)
