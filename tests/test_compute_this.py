@@ -462,18 +462,11 @@ def test_cancelling_a_job_stops_its_dependencies_on_the_workers(cluster, tmp_pat
 
 @pytest.fixture(scope="module")
 def mismatched_cluster(tmp_path_factory):
-    from conftest import HERE
+    from conftest import HERE, process_cluster
 
-    from dc_jupyter.tools.cluster import ProcessCluster
-
-    c = ProcessCluster(
-        n_workers=1,
-        worker_args=["--preload", str(HERE / "fake_versions_preload.py")],
-        workdir=str(tmp_path_factory.mktemp("mismatch")),
-    )
-    c.start()
-    yield c
-    c.stop()
+    preload = str(HERE / "fake_versions_preload.py")
+    with process_cluster(tmp_path_factory.mktemp("mismatch"), preload=preload) as c:
+        yield c
 
 
 def test_version_mismatch_names_package_and_both_versions(mismatched_cluster):

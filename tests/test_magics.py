@@ -10,7 +10,7 @@ import traceback
 
 import numpy as np
 import pytest
-from conftest import BLOCK_PRELOAD, ipython_shell, scheduler_task_count, wait_until
+from conftest import ipython_shell, process_cluster, scheduler_task_count, wait_until
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
@@ -501,13 +501,7 @@ def test_resources_reach_the_scheduler(shell, tmp_path):
     # error, see test_bad_input), so this uses one worker that offers them.
     from distributed import Client
 
-    from dc_jupyter.tools.cluster import ProcessCluster
-
-    with ProcessCluster(
-        n_workers=1,
-        worker_args=["--preload", BLOCK_PRELOAD, "--resources", "GPU=1,MEM=2"],
-        workdir=str(tmp_path),
-    ) as gpu:
+    with process_cluster(tmp_path, extra_args=["--resources", "GPU=1,MEM=2"]) as gpu:
         try:
             result, _, _ = run(
                 shell,

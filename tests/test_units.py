@@ -233,3 +233,29 @@ def test_a_decorated_method_gets_its_instance():
     assert Account.plus(Account(10), 1).compute() == 11
     with pytest.raises(TypeError, match="amount"):
         account.plus()
+
+
+# -- the one hook on cloudpickle's internals ------------------------------------------------
+
+
+def test_cloudpickle_private_code_reduce_still_has_the_shape_we_patch():
+    """``remote.job._code_reduce_keeping_filename`` swaps "<dynamic-code>" in the output of
+    cloudpickle's private ``_code_reduce``; if cloudpickle changes that, fail here, loudly."""
+    import cloudpickle.cloudpickle as internals
+
+    code = compile("x = 1", "/notebook/cell-7.py", "exec")
+    assert hasattr(internals, "_code_reduce"), "cloudpickle removed _code_reduce"
+    constructor, args = internals._code_reduce(code)
+    assert args.count("<dynamic-code>") == 1, "cloudpickle no longer writes <dynamic-code>"
+    assert "/notebook/cell-7.py" not in args
+
+
+def test_pickled_functions_keep_their_source_file_name():
+    from dc_jupyter.core import pickling
+
+    namespace: dict = {}
+    exec(compile("def f():\n    return 1\n", "/notebook/cell-7.py", "exec"), namespace)
+    namespace["__name__"] = "__main__"  # by value, like a notebook function
+    copy = cloudpickle.loads(pickling.dumps(namespace["f"]))
+    assert copy.__code__.co_filename == "/notebook/cell-7.py"
+    assert copy() == 1

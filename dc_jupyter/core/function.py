@@ -156,7 +156,8 @@ def compute_this(
         ``"dask"`` (default), ``"local"`` (in this process, through the same
         pickling), any ``concurrent.futures.Executor``, or a ``Backend``.
     retries
-        How often Dask retries a task whose worker died or that raised.
+        How often a call that raised (or whose worker died) is run again; for
+        ``map``, each failing item is run again on its worker.
     resources
         Worker resources each task needs, e.g. ``{"GPU": 1}``.
     timeout
