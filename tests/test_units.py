@@ -259,3 +259,20 @@ def test_pickled_functions_keep_their_source_file_name():
     copy = cloudpickle.loads(pickling.dumps(namespace["f"]))
     assert copy.__code__.co_filename == "/notebook/cell-7.py"
     assert copy() == 1
+
+
+def test_the_private_dask_hooks_we_rely_on_still_exist():
+    """Fails loudly when distributed changes a private API dc_jupyter uses (each has a
+    reason: a bounded cancel from inside the event loop, no round trip per task, a
+    shorter message batching interval)."""
+    import inspect
+
+    from distributed import Client
+    from distributed.batched import BatchedSend
+
+    cancel = inspect.signature(Client._cancel).parameters  # backends.dask.backend
+    assert "force" in cancel
+    run = inspect.signature(Client._run).parameters
+    assert {"wait", "on_error"} <= set(run)
+    assert "self._scheduler_identity = " in inspect.getsource(Client)  # backends.dask.install
+    assert BatchedSend(interval="10ms").interval == 0.01  # backends.dask.connection

@@ -16,6 +16,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from dc_jupyter.backends.dask import connection
 from dc_jupyter.cell.run import CellOptions, run_cell
+from dc_jupyter.core.function import JobOptions
 
 _MAP_SPLIT = re.compile(r"(?:^|\s)--map(?:\s+|$)")
 _MAP_SPEC = re.compile(r"^\s*([A-Za-z_]\w*)\s+in\s+(\S.*?)\s*$", re.DOTALL)
@@ -122,10 +123,10 @@ class DistributeMagics(Magics):
             args = parse_argstring(self.distribute, parts[0])
         except UsageError as exc:
             raise UsageError(f"{exc}\n{_usage()}") from None
-        if args.retries < 0:
-            raise UsageError(f"--retries must be 0 or more, not {args.retries}\n{_usage()}")
-        if args.timeout is not None and args.timeout <= 0:
-            raise UsageError(f"--timeout must be a positive number of seconds\n{_usage()}")
+        try:  # the rules of @compute_this(retries=, resources=, timeout=): one set for both
+            JobOptions(retries=args.retries, resources=args.resources, timeout=args.timeout)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"%%distribute: {exc}\n{_usage()}") from None
         if args.out is not None and not args.out.isidentifier():
             raise UsageError(f"-o/--out takes a variable name, not {args.out!r}\n{_usage()}")
         if args.local and args.scheduler:

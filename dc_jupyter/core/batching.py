@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from dc_jupyter.core import pickling
 from dc_jupyter.errors import SerializationError
@@ -114,14 +113,3 @@ def _raise_for_first_bad(part: Sequence[tuple], offset: int, name: str) -> None:
                 f"{name}.map(): item {offset + position}: {what}. Nothing was sent. Pass "
                 "plain data, or create the object inside the function instead."
             ) from (culprit[2] if culprit else None)
-
-
-def contains_job(value: Any, job_type: type) -> bool:
-    """Whether ``value`` is a job or holds one in a list, tuple or dict."""
-    if isinstance(value, job_type):
-        return True
-    if type(value) in (list, tuple):
-        return any(contains_job(v, job_type) for v in value)
-    if type(value) is dict:
-        return any(contains_job(v, job_type) for v in value.values())
-    return False

@@ -46,6 +46,11 @@ def _replace_jobs(obj: Any, deps: list[Job]) -> tuple[Any, bool]:
     return obj, False
 
 
+def contains_job(value: Any) -> bool:
+    """Whether ``value`` is a job or holds one in a list, tuple or dict (the same walk)."""
+    return _replace_jobs(value, [])[1]
+
+
 def _set_aside_if_large(value: Any, deps: list[Any], limit: int) -> tuple[Any, bool]:
     """Swap a value larger than ``limit`` bytes for a placeholder to scatter."""
     if type(value) in (int, float, bool, type(None)):

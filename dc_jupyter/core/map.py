@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from dc_jupyter import config
 from dc_jupyter.config import seconds
 from dc_jupyter.core import observe, pickling
-from dc_jupyter.core.batching import BatchSizer, check_items, contains_job
+from dc_jupyter.core.batching import BatchSizer, check_items
 from dc_jupyter.core.futures import _strip_plumbing
-from dc_jupyter.core.job import Job, wait_or_cancel
+from dc_jupyter.core.job import contains_job, wait_or_cancel
 from dc_jupyter.errors import SerializationError
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class MapJob:
                     f"{function.__name__}.map(): item 0 {self.items[0]!r}: {exc}"
                 ) from None
         for index, item in enumerate(self.items):
-            if any(contains_job(value, Job) for value in item):
+            if any(contains_job(value) for value in item):
                 raise TypeError(
                     f"{function.__name__}.map(): item {index} holds a job; map takes plain "
                     "values. Compute the jobs first, or call the function once per job "
