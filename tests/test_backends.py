@@ -45,7 +45,9 @@ def test_a_dask_job_takes_a_dependency_from_a_process_pool(cluster):
         assert dask_pid not in (pool_pid, os.getpid())
         # ... and a pool job a dependency from Dask.
         on_pool = compute_this(backend=pool)(lambda x: (x, os.getpid()))
-        from_dask, here = on_pool(compute_this(address=cluster.address)(_pid)()).compute()
+        # (a lambda: sent by value; the workers cannot import this test module)
+        on_cluster = compute_this(address=cluster.address)(lambda: os.getpid())
+        from_dask, here = on_pool(on_cluster()).compute()
         assert here == pool_pid and from_dask not in (pool_pid, os.getpid())
 
 

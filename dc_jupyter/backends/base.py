@@ -86,6 +86,15 @@ class BatchChannel:
             future.set_exception(exc)
         return future
 
+    #: True when fetching a result costs a round trip: the map then fetches
+    #: finished batches together with ``gather``, from a thread of its own.
+    fetch_together = False
+
+    def gather(self, futures: list[Any]) -> dict[int, Any]:
+        """Result blobs of those ``futures`` that finished well, fetched in one call,
+        by position; the map fetches the others one by one."""
+        return {}
+
     def cancel(self, futures: list[Any]) -> None:
         """Cancel batches in flight (queued and, where the backend can, running)."""
         for future in futures:

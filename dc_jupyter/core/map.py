@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError
-from concurrent.futures import Future as ConcurrentFuture
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -148,6 +147,8 @@ class MapFuture:
         self.started_at = time.monotonic()
         self._items = items
         self._channel: BatchChannel | None = channel
+        self._fetch_together = channel.fetch_together
+        self._gather = channel.gather  # kept: the channel is let go when the map ends
         self._slots = max(1, slots)
         self._sizer = BatchSizer(
             self._slots,
@@ -238,14 +239,11 @@ class MapFuture:
         future.add_done_callback(lambda f: self._on_batch_done(batch, f))
 
     def _on_batch_done(self, batch: int, future: Any) -> None:
-        if isinstance(future, ConcurrentFuture):
+        if not self._fetch_together:
             self._collect(batch, future)  # the result is already here
             return
-        # A Dask result needs a round trip to fetch, and Dask runs every
-        # done-callback on ONE thread. Fetching one batch at a time there left
-        # workers idle (~14 ms between tasks at 8 workers, vs ~1.4 ms for
-        # client.map), so one collector thread gathers whatever has finished
-        # in a single call, then sends the next batches.
+        # Fetching costs a round trip (Dask): one collector thread fetches
+        # whatever has finished in a single call, then sends the next batches.
         with self._lock:
             self._ready.append((batch, future))
             if self._collector is None and not self._finished.is_set():
@@ -265,25 +263,17 @@ class MapFuture:
                 self._collect_many(ready)
 
     def _collect_many(self, ready: list[tuple[int, Any]]) -> None:
-        fetchable = [(b, f) for b, f in ready if getattr(f, "status", None) == "finished"]
-        blobs: list[Any] | None = None
-        if fetchable:
-            try:
-                blobs = fetchable[0][1].client.gather([f for _, f in fetchable])
-            except Exception:  # e.g. a result lost with its worker: fetch one by one
-                blobs = None
-        fetched = {b for b, _ in fetchable} if blobs is not None else set()
-        if blobs is not None:
-            for (batch, _), blob in zip(fetchable, blobs, strict=True):
-                try:
-                    values, errors, meta = pickling.loads_result(blob)
-                except Exception as exc:
-                    self._settle(batch, error=exc)
-                else:
-                    self._settle(batch, values=values, errors=errors, meta=meta)
-        for batch, future in ready:
-            if batch not in fetched:
+        blobs = self._gather([f for _, f in ready])
+        for position, (batch, future) in enumerate(ready):
+            if position not in blobs:
                 self._collect(batch, future, pump=False)
+                continue
+            try:
+                values, errors, meta = pickling.loads_result(blobs[position])
+            except Exception as exc:
+                self._settle(batch, error=exc)
+            else:
+                self._settle(batch, values=values, errors=errors, meta=meta)
         self._pump()
 
     def _collect(self, batch: int, future: Any, pump: bool = True) -> None:

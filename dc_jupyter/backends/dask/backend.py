@@ -233,6 +233,21 @@ class _DaskBatches(BatchChannel):
             resources=dict(opts.resources) or None,
         )
 
+    fetch_together = True
+
+    def gather(self, futures: list[Any]) -> dict[int, Any]:
+        # Dask runs every done-callback on ONE thread: fetching there one batch at
+        # a time left workers idle (~14 ms between tasks at 8 workers, vs ~1.4 ms
+        # for client.map). One call for whatever has finished.
+        finished = [i for i, f in enumerate(futures) if f.status == "finished"]
+        if not finished:
+            return {}
+        try:
+            blobs = self.client.gather([futures[i] for i in finished])
+        except Exception:  # e.g. a result lost with its worker: fetch one by one
+            return {}
+        return dict(zip(finished, blobs, strict=True))
+
     def cancel(self, futures: list[Any]) -> None:
         try:
             canceller_for(self.client).cancel_futures(futures, [f.key for f in futures])
