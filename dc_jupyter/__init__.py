@@ -10,6 +10,7 @@ from dc_jupyter import config  # noqa: F401  (loads the shipped defaults into da
 from dc_jupyter.backends import Backend
 from dc_jupyter.backends.dask.connection import close, connect, current_client, start_local
 from dc_jupyter.cell.futures import CellFuture, SweepFuture
+from dc_jupyter.core import observe as _observe
 from dc_jupyter.core.function import JobOptions, RemoteFunction, compute_this
 from dc_jupyter.core.futures import JobFuture
 from dc_jupyter.core.job import Job
@@ -21,6 +22,9 @@ from dc_jupyter.errors import (
     VersionMismatchError,
     WorkerCrashError,
 )
+from dc_jupyter.ui import display as _display
+
+_observe.set_views(_display)  # the core shows waits and handles through this hook
 
 __version__ = "0.1.0"
 

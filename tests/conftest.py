@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -29,18 +30,34 @@ os.environ.pop("DASK_SCHEDULER_ADDRESS", None)
 BLOCK_PRELOAD = str(HERE / "block_dc_jupyter.py")
 
 
+#: Seconds a test cluster may take to start: generous, since ~7 test runs share two
+#: cores here and starting Python processes that import distributed is slow then.
+START_TIMEOUT = float(os.environ.get("DC_JUPYTER_TEST_START_TIMEOUT", "240"))
+
+
+@contextlib.contextmanager
+def process_cluster(
+    workdir, n_workers: int = 1, preload: str | None = None, extra_args=(), env=None
+):
+    """Every test cluster: ``dask scheduler`` + one-thread ``dask worker`` processes on
+    loopback whose workers cannot import dc_jupyter (``preload``: another preload)."""
+    proc_cluster = ProcessCluster(
+        n_workers=n_workers,
+        worker_args=["--preload", preload or BLOCK_PRELOAD, *extra_args],
+        workdir=str(workdir),
+        env=env,
+    )
+    try:
+        yield proc_cluster.start(timeout=START_TIMEOUT)
+    finally:
+        proc_cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """Scheduler and two one-thread workers on loopback that cannot import dc_jupyter."""
-    workdir = tmp_path_factory.mktemp("cluster")
-    proc_cluster = ProcessCluster(
-        n_workers=2, worker_args=["--preload", BLOCK_PRELOAD], workdir=str(workdir)
-    )
-    try:
-        proc_cluster.start()
+    with process_cluster(tmp_path_factory.mktemp("cluster"), n_workers=2) as proc_cluster:
         yield proc_cluster
-    finally:  # also when start() fails (workers late on a loaded machine): no orphans
-        proc_cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +114,27 @@ def ipython_shell():
     from IPython.testing.globalipapp import start_ipython
 
     return start_ipython() or TerminalInteractiveShell.instance()
+
+
+def stopped_growing(path, quiet: float = 1.0, timeout: float = 20.0) -> bool:
+    """True once the file at ``path`` has not grown for ``quiet`` seconds: the code
+    appending to it has stopped. False if it still grows after ``timeout``."""
+    import os
+    import time
+
+    def size() -> int:
+        return os.path.getsize(path) if os.path.exists(path) else 0
+
+    deadline = time.monotonic() + timeout
+    last, since = size(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = size()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return True
+    return False
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:

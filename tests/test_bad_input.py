@@ -799,8 +799,3 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(
     )
     assert ok(1).compute(timeout=30) == 2  # and the next call works
     assert not [t.name for t in threading.enumerate() if t.name.startswith("dc_jupyter")]
-
-
-def test_corpus_is_big_enough():
-    assert len(CASES) >= 80
-    assert len({c[0] for c in CASES}) == len(CASES)

@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BLOCK_PRELOAD, scheduler_task_count, wait_until
+from conftest import process_cluster, scheduler_task_count, wait_until
 from jupyter_client.manager import KernelManager
-
-from dc_jupyter.tools.cluster import ProcessCluster
 
 WORKTREE = str(Path(__file__).resolve().parent.parent)
 
@@ -29,16 +27,8 @@ SHORT_SLEEPS = "%%distribute{options}\nimport time\nwhile True:\n    time.sleep(
 @pytest.fixture(scope="module")
 def lone(tmp_path_factory):
     """A scheduler and a single one-thread worker, for this module only."""
-    c = ProcessCluster(
-        n_workers=1,
-        worker_args=["--preload", BLOCK_PRELOAD],
-        workdir=str(tmp_path_factory.mktemp("lone")),
-    )
-    try:
-        c.start()
+    with process_cluster(tmp_path_factory.mktemp("lone")) as c:
         yield c
-    finally:  # also when start() fails: no orphaned scheduler or worker
-        c.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import traceback
 
 import dask
 import pytest
-from conftest import scheduler_task_count, wait_until
+from conftest import scheduler_task_count, stopped_growing, wait_until
 
 import dc_jupyter
 from dc_jupyter import SchedulerUnreachableError, SerializationError, compute_this
@@ -418,39 +418,55 @@ def test_default_connect_timeout_is_seconds_not_minutes():
     assert config.seconds(config.get("connect-timeout"), "t") == 10
 
 
-def test_timeout_raises_and_cancels_remote_task(cluster, client):
-    @compute_this(address=cluster.address, timeout=0.5)
-    def hang():
-        # Short naps, not one sleep(30): the stop lands between them, so the
-        # shared worker is free for the next tests (a C-level sleep runs out).
-        for _ in range(600):
-            time.sleep(0.05)
+def make_beating():
+    """A function (sent by value) that appends a byte to ``path`` every 50 ms for
+    30 s: its file shows whether the code still runs."""
 
-    job = hang()
+    def beating(path):
+        for _ in range(600):
+            with open(path, "a") as fh:
+                fh.write("x")
+            # Short naps, not one sleep(30): the stop lands between them, so the
+            # shared worker is free for the next tests (a C-level sleep runs out).
+            time.sleep(0.05)
+        return 1
+
+    return beating
+
+
+def test_timeout_raises_and_cancels_remote_task(cluster, client, tmp_path):
+    heartbeat = str(tmp_path / "heartbeat")
+    hang = compute_this(address=cluster.address, timeout=2)(make_beating())
+
+    job = hang(heartbeat)
     start = time.monotonic()
-    with pytest.raises(TimeoutError, match="did not finish within 0.5 s"):
+    with pytest.raises(TimeoutError, match="did not finish within 2 s"):
         job.compute()
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 10
+    assert os.path.getsize(heartbeat) > 0  # it was running
+    assert stopped_growing(heartbeat), "the remote code kept running after the timeout"
     keys = lambda: client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))  # noqa: E731
     assert wait_until(lambda: job.key not in keys(), timeout=10)
 
 
+def test_cancelling_a_job_stops_its_dependencies_on_the_workers(cluster, tmp_path):
+    heartbeat = str(tmp_path / "dependency")
+    slow = compute_this(address=cluster.address)(make_beating())
+    use = compute_this(address=cluster.address)(lambda x: x)
+
+    handle = use(slow(heartbeat)).submit()
+    assert wait_until(lambda: os.path.exists(heartbeat), timeout=30)
+    assert handle.cancel()
+    assert stopped_growing(heartbeat), "the dependency kept running after its job was cancelled"
+
+
 @pytest.fixture(scope="module")
 def mismatched_cluster(tmp_path_factory):
-    from conftest import HERE
+    from conftest import HERE, process_cluster
 
-    from dc_jupyter.tools.cluster import ProcessCluster
-
-    c = ProcessCluster(
-        n_workers=1,
-        worker_args=["--preload", str(HERE / "fake_versions_preload.py")],
-        workdir=str(tmp_path_factory.mktemp("mismatch")),
-    )
-    try:
-        c.start()
+    preload = str(HERE / "fake_versions_preload.py")
+    with process_cluster(tmp_path_factory.mktemp("mismatch"), preload=preload) as c:
         yield c
-    finally:  # also when start() fails: no orphaned scheduler or worker
-        c.stop()
 
 
 def test_version_mismatch_names_package_and_both_versions(mismatched_cluster):
@@ -458,8 +474,11 @@ def test_version_mismatch_names_package_and_both_versions(mismatched_cluster):
 
     from dc_jupyter import VersionMismatchError
 
+    job = compute_this(address=mismatched_cluster.address)(lambda: 1)
     with pytest.raises(VersionMismatchError) as info:
-        compute_this(address=mismatched_cluster.address)(lambda: 1)().compute()
+        job().compute()
+    with pytest.raises(VersionMismatchError):  # checked again, not remembered as checked
+        job().compute()
     message = str(info.value)
     assert f"cloudpickle: notebook has {cloudpickle.__version__}" in message
     assert "has 0.0.1" in message and "nothing was sent" in message

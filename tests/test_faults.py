@@ -21,7 +21,7 @@ import tracemalloc
 import cloudpickle
 import dask
 import pytest
-from conftest import BLOCK_PRELOAD, HERE, scheduler_task_count, wait_until
+from conftest import BLOCK_PRELOAD, HERE, process_cluster, scheduler_task_count, wait_until
 
 import dc_jupyter
 from dc_jupyter import (
@@ -43,17 +43,12 @@ def faulty(tmp_path_factory):
     ``allowed-failures=1``: Dask gives up on a task after it killed 2 workers
     (default 4), which keeps the crash test short.
     """
-    c = ProcessCluster(
+    with process_cluster(
+        tmp_path_factory.mktemp("faulty"),
         n_workers=2,
-        worker_args=["--preload", BLOCK_PRELOAD],
-        workdir=str(tmp_path_factory.mktemp("faulty")),
         env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"},
-    )
-    try:
-        c.start()
+    ) as c:
         yield c
-    finally:  # also when start() fails: no orphaned scheduler or worker
-        c.stop()
 
 
 @pytest.fixture(scope="module")

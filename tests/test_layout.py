@@ -29,12 +29,7 @@ ALLOWED = {
 }
 
 #: Known violations still to be removed (issue 13); this list only shrinks.
-KNOWN_VIOLATIONS = {
-    "dc_jupyter.core.function": {"dc_jupyter.backends"},
-    "dc_jupyter.core.futures": {"dc_jupyter.backends.dask.errors", "dc_jupyter.ui.display"},
-    "dc_jupyter.core.job": {"dc_jupyter.ui.display", "dc_jupyter.ui.render"},
-    "dc_jupyter.core.map": {"dc_jupyter.ui.display"},
-}
+KNOWN_VIOLATIONS: dict[str, set[str]] = {}
 
 
 def module_name(path: Path) -> str:

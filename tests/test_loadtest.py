@@ -76,7 +76,8 @@ def test_cli_on_the_built_in_cluster_writes_table_and_plots(tmp_path):
     ]  # fmt: skip
     for row in rows:
         assert float(row["throughput_per_s"]) > 0
-        assert float(row["ideal_per_s"]) == 100.0 * int(row["workers"])
+        # 10 ms functions: at most 100 a second per one-thread worker
+        assert float(row["ideal_per_s"]) == {"1": 100.0, "2": 200.0}[row["workers"]]
     data = json.loads((out / "loadtest.json").read_text())
     two = [r for r in data["runs"] if r["workers"] == 2]
     # The allocation per worker adds up to every function.

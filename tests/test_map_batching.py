@@ -160,7 +160,58 @@ def test_large_arguments_are_scattered_without_the_large_graph_warning(cluster, 
     messages = [str(w.message) for w in caught]
     assert not any("large graph" in m for m in messages), messages
 
-    # Below the threshold it rides inside the task; forcing a tiny threshold scatters it.
-    with dask.config.set({"dc_jupyter.scatter-threshold": "1 kB"}):
-        small = np.arange(1000.0)
-        assert total(small).compute() == float(small.sum())
+
+def scattered_keys(client, marker: str) -> list[str]:
+    """Keys with ``marker`` the scheduler holds: data sent by scatter, as a piece of its
+    own, not inside a task."""
+    return client.run_on_scheduler(
+        lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks if marker in str(k)]
+    )
+
+
+def test_arguments_over_the_threshold_go_by_scatter_and_under_it_inside_the_task(cluster, client):
+    @compute_this(address=cluster.address)
+    def total(array):
+        import time
+
+        time.sleep(0.5)  # long enough to see a map's scattered items on the scheduler
+        return float(array.sum())
+
+    medium = np.ones(25_000)  # 200 kB
+    with dask.config.set({"dc_jupyter.scatter-threshold": "100 kB"}):
+        handle = total(medium).submit()  # the handle keeps its scattered argument
+        assert handle.result(timeout=60) == 25_000.0
+        assert scattered_keys(client, "total-arg-")
+        del handle  # ... and releases it with the handle
+        assert wait_until(lambda: not scattered_keys(client, "total-arg-"), timeout=30)
+        items = total.map([medium, medium]).submit()
+        assert wait_until(lambda: scattered_keys(client, "-items"), timeout=30)
+        assert items.result(timeout=60) == [25_000.0, 25_000.0]
+    with dask.config.set({"dc_jupyter.scatter-threshold": "1 MB"}):
+        handle = total(medium).submit()  # 200 kB is under 1 MB: it rides inside the task
+        assert handle.result(timeout=60) == 25_000.0
+        assert scattered_keys(client, "total-arg-") == []
+
+
+def test_retries_rerun_failed_map_items(cluster, tmp_path):
+    markers = str(tmp_path)
+
+    def first_try_fails(i):
+        # Fails the first time it sees item i (a marker file per item), then works.
+        import os
+
+        marker = os.path.join(markers, f"{i}")
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError(f"first try of item {i}")
+        return i * 10
+
+    retried = compute_this(address=cluster.address, retries=1)(first_try_fails)
+    assert retried.map(range(6)).compute() == [0, 10, 20, 30, 40, 50]
+    assert sorted(os.listdir(markers)) == [str(i) for i in range(6)]
+
+    for name in os.listdir(markers):
+        os.unlink(os.path.join(markers, name))
+    once = compute_this(address=cluster.address)(first_try_fails)
+    results = once.map(range(3)).compute(errors="return")
+    assert [type(r) for r in results] == [RuntimeError] * 3

@@ -1,11 +1,19 @@
-"""The one small interface every backend implements."""
+"""The one small interface every backend implements, and the registry that names them.
+
+The core reaches backends only through this module: ``resolve_backend`` turns a
+``backend=`` option into a ``Backend`` with the factories that
+``dc_jupyter.backends`` registers ("dask", "local", any ``Executor``), so the
+core never imports a concrete backend.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from dc_jupyter import config
 from dc_jupyter.remote import job as remote_job
 
 if TYPE_CHECKING:
@@ -16,24 +24,34 @@ if TYPE_CHECKING:
 class Backend(ABC):
     """Where jobs run. A new backend is one module with one subclass.
 
-    ``submit`` must return at once with a ``JobFuture`` whose inner future's
-    result is the blob returned by ``remote_job.run_job(payload, *dep_blobs)``.
+    The core walks a job's dependencies once, submits each to its own backend,
+    and then calls ``start`` with the job pickled and its inputs ready.
     """
 
     name: str = "backend"
 
-    def submit(self, job: Job) -> JobFuture:
-        """Pickle ``job``, start it (and its dependencies) and return its handle."""
-        payload, deps = job.prepare()
-        return self.submit_prepared(job, payload, deps)
+    def check(self, options: Any, name: str) -> None:  # noqa: B027 - optional hook
+        """Refuse work this backend could never run, before anything is sent."""
+
+    def scatter_above(self) -> int | None:
+        """Arguments larger than this many bytes go as ``remote_job.Scattered``; None: never."""
+        return None
+
+    def owns(self, handle: JobFuture) -> bool:
+        """Whether ``start`` takes this dependency handle as it is (e.g. a Dask future of
+        the same client, whose result moves worker to worker). Otherwise the core
+        waits for it and passes its result bytes."""
+        return False
 
     @abstractmethod
-    def submit_prepared(self, job: Job, payload: bytes, deps: list[Job]) -> JobFuture:
-        """Start a job already pickled by ``job.prepare()`` and return its handle."""
+    def start(self, job: Job, payload: bytes, inputs: list[Any]) -> JobFuture:
+        """Start ``job`` at once and return its handle.
 
-    def describe(self) -> str:
-        """One line saying where work goes, for ``%distribute`` and widgets."""
-        return self.name
+        ``payload`` is for ``remote_job.run_job(payload, *inputs)``; each input is
+        the result bytes of a dependency, a handle this backend ``owns``, or a
+        ``remote_job.Scattered`` argument. The handle's inner future's result
+        is the blob ``run_job`` returns.
+        """
 
     # -- maps: batches of items (see core.map.MapFuture) ----------------------
     def slots(self) -> int:
@@ -42,7 +60,7 @@ class Backend(ABC):
 
     def open_map(self, function_blob: bytes, options: Any, name: str = "map") -> BatchChannel:
         """A channel for one map's batches; the function was pickled once, here."""
-        return BatchChannel(function_blob)
+        return BatchChannel(function_blob, retries=options.retries)
 
 
 class BatchChannel:
@@ -50,16 +68,20 @@ class BatchChannel:
 
     ``send`` returns a future (``concurrent.futures`` or Dask) whose result is
     the blob of ``remote_job.run_batch``; ``close`` releases what the map shared.
+    ``retries``: how often a failing item is run again before its error counts.
     """
 
-    def __init__(self, function_blob: bytes) -> None:
+    def __init__(self, function_blob: bytes, retries: int = 0) -> None:
         self.function_blob = function_blob
+        self.retries = retries
 
     def send(self, items_blob: bytes, key: str) -> Any:
         future: Future = Future()
         future.set_running_or_notify_cancel()
         try:
-            future.set_result(remote_job.run_batch(self.function_blob, items_blob))
+            future.set_result(
+                remote_job.run_batch(self.function_blob, items_blob, item_retries=self.retries)
+            )
         except Exception as exc:
             future.set_exception(exc)
         return future
@@ -76,6 +98,15 @@ class BatchChannel:
         """True if ``future`` was cancelled because the cluster's scheduler is gone."""
         return False
 
+    #: True when fetching a result costs a round trip: the map then fetches
+    #: finished batches together with ``gather``, from a thread of its own.
+    fetch_together = False
+
+    def gather(self, futures: list[Any]) -> dict[int, Any]:
+        """Result blobs of those ``futures`` that finished well, fetched in one call,
+        by position; the map fetches the others one by one."""
+        return {}
+
     def cancel(self, futures: list[Any]) -> None:
         """Cancel batches in flight (queued and, where the backend can, running)."""
         for future in futures:
@@ -83,3 +114,35 @@ class BatchChannel:
 
     def close(self) -> None:
         pass
+
+
+# -- which backend: a name, an Executor, a Backend ---------------------------------
+
+_BY_NAME: dict[str, Callable[[Any], Backend]] = {}
+_BY_TYPE: list[tuple[type, Callable[[Any, Any], Backend]]] = []
+
+
+def register_backend(name: str, factory: Callable[[Any], Backend]) -> None:
+    """Make ``backend=name`` mean ``factory(options)``."""
+    _BY_NAME[name] = factory
+
+
+def register_backend_type(kind: type, factory: Callable[[Any, Any], Backend]) -> None:
+    """Make ``backend=<an instance of kind>`` mean ``factory(instance, options)``."""
+    _BY_TYPE.append((kind, factory))
+
+
+def resolve_backend(options: Any) -> Backend:
+    """A backend from ``options.backend``: a name, an ``Executor`` or a ``Backend``."""
+    spec = options.backend if options.backend is not None else config.get("backend", "dask")
+    if isinstance(spec, Backend):
+        return spec
+    for kind, factory in _BY_TYPE:
+        if isinstance(spec, kind):
+            return factory(spec, options)
+    if isinstance(spec, str) and spec in _BY_NAME:
+        return _BY_NAME[spec](options)
+    raise ValueError(
+        f"Unknown backend {spec!r}: use 'dask', 'local', a concurrent.futures.Executor "
+        "(e.g. ProcessPoolExecutor()) or a dc_jupyter.backends.Backend instance."
+    )

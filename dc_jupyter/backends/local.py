@@ -8,7 +8,7 @@ caller's own thread.
 from __future__ import annotations
 
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dc_jupyter.backends.base import Backend
 from dc_jupyter.core.futures import JobFuture
@@ -19,20 +19,15 @@ if TYPE_CHECKING:
 
 
 class LocalBackend(Backend):
-    """Runs ``remote_job.run_job`` right here when the job is submitted."""
+    """Runs ``remote_job.run_job`` right here when the job is started."""
 
     name = "local"
 
-    def submit_prepared(self, job: Job, payload: bytes, deps: list[Job]) -> JobFuture:
-        dep_handles = [self.submit(dep) for dep in deps]
+    def start(self, job: Job, payload: bytes, inputs: list[Any]) -> JobFuture:
         inner: Future = Future()
         inner.set_running_or_notify_cancel()
         try:
-            blobs = [h._inner.result() for h in dep_handles]
-            inner.set_result(remote_job.run_job(payload, *blobs))
+            inner.set_result(remote_job.run_job(payload, *inputs))
         except Exception as exc:
             inner.set_exception(exc)
         return JobFuture(inner, name=job.name, key=job.key)
-
-    def describe(self) -> str:
-        return "local (this process)"

@@ -50,8 +50,8 @@ class CellFuture(JobFuture):
             handle.name,
             key=handle.key,
             keep=handle._keep,
-            on_cancel=handle._on_cancel,
             canceller=handle._canceller,
+            translate=handle._translate,
         )
         cell.submitted_at = handle.submitted_at
         cell.label = label
@@ -62,6 +62,13 @@ class CellFuture(JobFuture):
         if not run_async:  # the waiting cell itself updates the namespace
             cell._namespace.set()
         return cell
+
+    def _value_ready(self) -> bool:
+        # What a view previews is the cell's value, once decoded and in the notebook.
+        return self._outcome is not None and self._namespace.is_set()
+
+    def _shown_value(self, value: Any) -> Any:
+        return self._outcome["result"] if self._outcome is not None else None
 
     def namespace_updated(self) -> None:
         """Called once an ``--async`` cell's names are in the notebook (or it failed)."""
@@ -186,6 +193,6 @@ class SweepFuture:
         return f"<SweepFuture {self.label} {self._map.counts()}>"
 
     def _ipython_display_(self) -> None:
-        from dc_jupyter.ui.display import show
+        from dc_jupyter.core import observe
 
-        show(self)
+        observe.show(self)

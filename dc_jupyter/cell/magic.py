@@ -19,6 +19,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from dc_jupyter.backends.dask import connection
 from dc_jupyter.backends.dask.backend import threads_warning
 from dc_jupyter.cell.run import CellOptions, run_cell
+from dc_jupyter.core.function import JobOptions
 
 _MAP_SPLIT = re.compile(r"(?:^|\s)--map(?:\s+|$)")
 _MAP_SPEC = re.compile(r"^\s*([A-Za-z_]\w*)\s+in\s+(\S.*?)\s*$", re.DOTALL)
@@ -139,10 +140,10 @@ class DistributeMagics(Magics):
             raise UsageError(f"{exc}\n{_usage()}") from None
         except ValueError as exc:  # shlex: an unbalanced quote
             raise UsageError(f"%%distribute {line}: {exc}\n{_usage()}") from None
-        if args.retries < 0:
-            raise UsageError(f"--retries must be 0 or more, not {args.retries}\n{_usage()}")
-        if args.timeout is not None and args.timeout <= 0:
-            raise UsageError(f"--timeout must be a positive number of seconds\n{_usage()}")
+        try:  # the rules of @compute_this(retries=, resources=, timeout=): one set for both
+            JobOptions(retries=args.retries, resources=args.resources, timeout=args.timeout)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"%%distribute: {exc}\n{_usage()}") from None
         if args.out is not None:
             self._check_out_name(args.out)
         if args.local and args.scheduler:

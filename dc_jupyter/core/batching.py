@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from dc_jupyter.core import pickling
 from dc_jupyter.errors import SerializationError
@@ -114,19 +113,3 @@ def _raise_for_first_bad(part: Sequence[tuple], offset: int, name: str) -> None:
                 f"{name}.map(): item {offset + position}: {what}. Nothing was sent. Pass "
                 "plain data, or create the object inside the function instead."
             ) from (culprit[2] if culprit else None)
-
-
-def contains_job(value: Any, job_type: type) -> bool:
-    """Whether ``value`` is a job or holds one in a list, tuple, set or dict.
-
-    Iterative and cycle-safe: a self-referencing list is fine.
-    """
-    stack, seen = [value], set()
-    while stack:
-        item = stack.pop()
-        if isinstance(item, job_type):
-            return True
-        if isinstance(item, (list, tuple, set, frozenset, dict)) and id(item) not in seen:
-            seen.add(id(item))
-            stack.extend(item.items() if isinstance(item, dict) else item)
-    return False

@@ -106,7 +106,7 @@ class RemoteFunction:
         ``override`` (a backend option, as for the decorator) is resolved
         afresh for one call: ``job.compute(backend="local")``.
         """
-        from dc_jupyter.backends import resolve_backend
+        from dc_jupyter.backends.base import resolve_backend
 
         if override is not None:
             return resolve_backend(dataclasses.replace(self.options, backend=override))
@@ -169,7 +169,8 @@ def compute_this(
         ``"dask"`` (default), ``"local"`` (in this process, through the same
         pickling), any ``concurrent.futures.Executor``, or a ``Backend``.
     retries
-        How often Dask retries a task whose worker died or that raised.
+        How often a call that raised (or whose worker died) is run again; for
+        ``map``, each failing item is run again on its worker.
     resources
         Worker resources each task needs, e.g. ``{"GPU": 1}``.
     timeout

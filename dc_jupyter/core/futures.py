@@ -13,10 +13,10 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from dc_jupyter.backends.dask.errors import translate_backend_error
-from dc_jupyter.core import pickling
+from dc_jupyter.core import observe, pickling
 from dc_jupyter.core.tracebacks import _PLUMBING, rebuild
 from dc_jupyter.remote import job as remote_job
 
@@ -34,6 +34,17 @@ def _strip_plumbing(exc: BaseException) -> BaseException:
     return rebuild(exc)
 
 
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A handle's state at one moment, read without blocking (see ``JobFuture.snapshot``)."""
+
+    status: str  # pending, running, finished, error, cancelled
+    submitted_at: float
+    has_value: bool = False  # the result is here (``value``), not only finished remotely
+    value: Any = None
+    error: BaseException | None = None  # the failure, once fetched
+
+
 class JobFuture:
     """A submitted job: wait for it, cancel it, or ask how it is doing.
 
@@ -45,6 +56,13 @@ class JobFuture:
         What runs, for messages and widgets (e.g. ``"square"``).
     keep
         Objects to keep alive as long as this handle (e.g. dependency futures).
+    canceller
+        Cancels a batch of handles of one backend in one go and stops their
+        running code (``backends.dask.backend.DaskCanceller``); None: the
+        inner future's own ``cancel()``.
+    translate
+        The backend's reading of its own failures (e.g. Dask's ``KilledWorker``
+        as a ``WorkerCrashError``): an exception to raise instead, or None.
     """
 
     def __init__(
@@ -53,18 +71,16 @@ class JobFuture:
         name: str,
         key: str | None = None,
         keep: tuple = (),
-        on_cancel: Callable[[], None] | None = None,
         canceller: Callable[[list[JobFuture]], None] | None = None,
+        translate: Callable[[BaseException, JobFuture], BaseException | None] | None = None,
     ) -> None:
         self._inner = inner
         self.name = name
         self.key = key
         self._keep = keep
-        self._on_cancel = on_cancel
-        # Cancels a batch of handles of one backend in one go and stops their
-        # running code (``backends.dask.backend.DaskCanceller``); None: the
-        # inner future's own cancel().
         self._canceller = canceller
+        self._translate = translate
+        self._fetcher: threading.Thread | None = None
         self._value: Any = _NOT_YET
         self._error: BaseException | None = None  # the failure, once seen
         self._error_tb: Any = None  # its traceback as it arrived
@@ -125,7 +141,7 @@ class JobFuture:
         except Exception as exc:
             with self._lock:
                 if self._error is None:
-                    clearer = translate_backend_error(exc, self)
+                    clearer = self._translate(exc, self) if self._translate is not None else None
                     if clearer is not None:
                         clearer.__cause__ = exc
                     else:
@@ -142,6 +158,64 @@ class JobFuture:
         with self._lock:
             if self._value is _NOT_YET:
                 self._value = pickling.loads_result(blob)
+
+    def blob(self, timeout: float | None = None) -> Any:
+        """Wait for the job and return its result as it travelled (pickled bytes).
+
+        For a backend that feeds this result to a job of its own without
+        unpickling it here. Raises what ``result`` raises.
+        """
+        __tracebackhide__ = True
+        if self._error is None:
+            try:
+                return self._inner.result(timeout=timeout)
+            except TimeoutError:
+                raise
+            except Exception:
+                pass  # raised below the way result() raises it: translated, and kept
+        JobFuture.result(self, timeout)
+        raise RuntimeError(f"{self.name} failed")  # pragma: no cover - result() raised
+
+    def snapshot(self) -> JobSnapshot:
+        """What is known now, without waiting or asking the cluster for a result.
+
+        ``has_value``/``value`` and ``error`` are filled once a waiting caller
+        (or ``prefetch``) has fetched them; for views, which must never block.
+        """
+        status = self.status
+        value = self._value
+        return JobSnapshot(
+            status=status,
+            submitted_at=self.submitted_at,
+            has_value=value is not _NOT_YET and self._value_ready(),
+            value=None if value is _NOT_YET else self._shown_value(value),
+            error=self._error,
+        )
+
+    def _value_ready(self) -> bool:
+        return True
+
+    def _shown_value(self, value: Any) -> Any:
+        return value
+
+    def prefetch(self) -> None:
+        """Fetch the result (or error) in a background thread, once; returns at once.
+
+        For a displayed handle nobody waits on: ``snapshot()`` has it when it arrives.
+        """
+        with self._lock:
+            if self._fetcher is not None:
+                return
+            self._fetcher = threading.Thread(
+                target=self._fetch_quietly, name="dc_jupyter-fetch", daemon=True
+            )
+        self._fetcher.start()
+
+    def _fetch_quietly(self) -> None:
+        try:
+            self.result()
+        except BaseException:  # kept in self._error (or the inner future) for result()
+            pass
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait like ``result`` and return the job's exception, or None on success."""
@@ -191,9 +265,7 @@ class JobFuture:
 
     def _ipython_display_(self) -> None:
         """Displayed in a notebook: the live widget, with a cancel button."""
-        from dc_jupyter.ui.display import show
-
-        show(self)
+        observe.show(self)
 
 
 def _release(inner: Any) -> None:
@@ -239,9 +311,6 @@ def cancel_many(handles: list[JobFuture]) -> bool:
             canceller(group)
         except Exception:
             logger.warning("dc_jupyter: could not cancel on the cluster", exc_info=True)
-    for handle in handles:
-        if handle._on_cancel is not None:
-            handle._on_cancel()
     return not_done
 
 

@@ -12,11 +12,11 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from dc_jupyter.config import seconds
-from dc_jupyter.core import pickling
+from dc_jupyter.core import observe, pickling
 from dc_jupyter.core.signature import labelled_arguments
+from dc_jupyter.core.submit import submit_job
 from dc_jupyter.errors import SerializationError
 from dc_jupyter.remote import job as remote_job
-from dc_jupyter.ui.display import watching
 
 if TYPE_CHECKING:
     from dc_jupyter.core.function import RemoteFunction
@@ -59,6 +59,11 @@ def _replace_jobs(obj: Any, deps: list[Job], active: set[int] | None = None) -> 
         return (kind(items) if kind in (list, tuple, set, frozenset) else kind._make(items)), True
     finally:
         active.discard(id(obj))
+
+
+def contains_job(value: Any) -> bool:
+    """Whether ``value`` is a job or holds one in a list, tuple or dict (the same walk)."""
+    return _replace_jobs(value, [])[1]
 
 
 def _set_aside_if_large(value: Any, deps: list[Any], limit: int) -> tuple[Any, bool]:
@@ -132,12 +137,12 @@ class Job:
         return payload, deps
 
     def submit(self, backend: Any = None) -> JobFuture:
-        """Send the job and return at once with a ``JobFuture``.
+        """Send the job (its dependencies first) and return at once with a ``JobFuture``.
 
         ``backend`` (``"dask"``, ``"local"``, an ``Executor`` or a ``Backend``)
         runs this one call there instead of on the decorator's backend.
         """
-        return self.function.backend(backend).submit(self)
+        return submit_job(self, backend)
 
     def compute(self, timeout: float | None = None, backend: Any = None) -> Any:
         """Run the job where its backend runs work and return the result.
@@ -151,7 +156,7 @@ class Job:
         # Checked before anything is sent: a bad timeout must not leave work running.
         timeout = self.function.options.timeout if timeout is None else seconds(timeout, "timeout")
         handle = self.submit(backend)
-        with watching(handle):
+        with observe.watching(handle):
             value = wait_or_cancel(handle, timeout)
         # Nobody else holds this handle but the widget, which keeps it to draw
         # the final state: the cluster's copy of the result is not needed any more.
@@ -176,13 +181,11 @@ class Job:
         ]
         return f"<Job {self.name}({', '.join(shown)}) not sent>"
 
-    def _repr_html_(self) -> str:
-        from dc_jupyter.ui.render import lazy_job_html
-
+    def _repr_html_(self) -> str | None:
         shown = [_short(a) for a in self.args] + [
             f"{k}={_short(v)}" for k, v in self.kwargs.items()
         ]
-        return lazy_job_html(self.name, ", ".join(shown))
+        return observe.lazy_job_html(self.name, ", ".join(shown))
 
 
 def wait_or_cancel(handle: Any, timeout: float | None) -> Any:

@@ -9,19 +9,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError
-from concurrent.futures import Future as ConcurrentFuture
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dc_jupyter import config
 from dc_jupyter.config import seconds
-from dc_jupyter.core import pickling
-from dc_jupyter.core.batching import BatchSizer, check_items, contains_job
+from dc_jupyter.core import observe, pickling
+from dc_jupyter.core.batching import BatchSizer, check_items
 from dc_jupyter.core.futures import _strip_plumbing
-from dc_jupyter.core.job import Job, wait_or_cancel
+from dc_jupyter.core.job import contains_job, wait_or_cancel
 from dc_jupyter.errors import SerializationError
 from dc_jupyter.remote import job as remote_job
-from dc_jupyter.ui.display import watching
 
 if TYPE_CHECKING:
     from dc_jupyter.backends.base import BatchChannel
@@ -61,7 +59,7 @@ class MapJob:
                     f"{function.__name__}.map(): item 0 {_preview(self.items[0])}: {exc}"
                 ) from None
         for index, item in enumerate(self.items):
-            if any(contains_job(value, Job) for value in item):
+            if any(contains_job(value) for value in item):
                 raise TypeError(
                     f"{function.__name__}.map(): item {index} holds a job; map takes plain "
                     "values. Compute the jobs first, or call the function once per job "
@@ -105,7 +103,7 @@ class MapJob:
         timeout = self.function.options.timeout if timeout is None else seconds(timeout, "timeout")
         __tracebackhide__ = True
         handle = self.submit()
-        with watching(handle):
+        with observe.watching(handle):
             return wait_or_cancel(_ResultWith(handle, errors), timeout)
 
     run = compute
@@ -177,6 +175,8 @@ class MapFuture:
         self.started_at = time.monotonic()
         self._items = items
         self._channel: BatchChannel | None = channel
+        self._fetch_together = channel.fetch_together
+        self._gather = channel.gather  # kept: the channel is let go when the map ends
         self._slots = max(1, slots)
         self._sizer = BatchSizer(
             self._slots,
@@ -277,14 +277,11 @@ class MapFuture:
         future.add_done_callback(lambda f: self._on_batch_done(batch, f))
 
     def _on_batch_done(self, batch: int, future: Any) -> None:
-        if isinstance(future, ConcurrentFuture):
+        if not self._fetch_together:
             self._collect(batch, future)  # the result is already here
             return
-        # A Dask result needs a round trip to fetch, and Dask runs every
-        # done-callback on ONE thread. Fetching one batch at a time there left
-        # workers idle (~14 ms between tasks at 8 workers, vs ~1.4 ms for
-        # client.map), so one collector thread gathers whatever has finished
-        # in a single call, then sends the next batches.
+        # Fetching costs a round trip (Dask): one collector thread fetches
+        # whatever has finished in a single call, then sends the next batches.
         with self._lock:
             self._ready.append((batch, future))
             if self._collector is None and not self._finished.is_set():
@@ -305,21 +302,12 @@ class MapFuture:
             ready = None  # see _collect_many: keep no batch future in this frame
 
     def _collect_many(self, ready: list[tuple[int, Any]]) -> None:
-        fetchable = [(b, f) for b, f in ready if getattr(f, "status", None) == "finished"]
-        blobs: list[Any] | None = None
-        if fetchable:
-            try:
-                blobs = fetchable[0][1].client.gather([f for _, f in fetchable])
-            except Exception:  # e.g. a result lost with its worker: fetch one by one
-                blobs = None
-        fetched = {b for b, _ in fetchable} if blobs is not None else set()
+        blobs = self._gather([f for _, f in ready])
         try:
-            if blobs is not None:
-                for position, blob in enumerate(blobs):
-                    batch, future = fetchable[position]
-                    self._decode(batch, blob, future)
-            for batch, future in ready:
-                if batch not in fetched:
+            for position, (batch, future) in enumerate(ready):
+                if position in blobs:
+                    self._decode(batch, blobs[position], future)
+                else:
                     self._collect(batch, future, pump=False)
         finally:
             # Item errors come back with tracebacks rebuilt by tblib out of real
@@ -327,10 +315,8 @@ class MapFuture:
             # loop's): emptied, they keep no batch future, so no result stays
             # pinned on the cluster while the user holds an exception.
             ready.clear()
-            fetchable.clear()
-            if blobs is not None:
-                blobs.clear()
-            future = blob = None  # noqa: F841
+            blobs.clear()
+            future = None  # noqa: F841
         self._pump()
 
     def _collect(self, batch: int, future: Any, pump: bool = True) -> None:
@@ -611,9 +597,7 @@ class MapFuture:
 
     def _ipython_display_(self) -> None:
         """Displayed in a notebook: the live progress widget, with a cancel button."""
-        from dc_jupyter.ui.display import show
-
-        show(self)
+        observe.show(self)
 
 
 class _ResultWith:

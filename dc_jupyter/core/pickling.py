@@ -8,9 +8,6 @@ and nothing has been sent.
 
 from __future__ import annotations
 
-import io
-import types
-from collections import ChainMap
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,32 +22,16 @@ cloudpickle.register_pickle_by_value(remote_job)
 cloudpickle.register_pickle_by_value(plugins)
 
 
-def _code_reduce_keeping_filename(code: types.CodeType) -> tuple:
-    # cloudpickle (3.x) replaces co_filename with "<dynamic-code>", which makes
-    # remote tracebacks lose the notebook's source lines. Keep the real one.
-    constructor, args = cloudpickle.cloudpickle._code_reduce(code)
-    args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
-    return constructor, args
-
-
-class _Pickler(cloudpickle.Pickler):
-    dispatch_table = ChainMap(
-        {types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table
-    )
+#: Built once here; ``remote.job`` holds the one hook on cloudpickle's internals.
+_Pickler = remote_job.pickler_class()
 
 
 def dumps(value: Any) -> bytes:
     """cloudpickle ``value``, keeping source file names so tracebacks show real lines."""
-    buffer = io.BytesIO()
-    _Pickler(buffer, protocol=remote_job.PICKLE_PROTOCOL).dump(value)
-    return buffer.getvalue()
+    return remote_job.dumps_keeping_filenames(value, _Pickler)
 
 
-def type_name(value: Any) -> str:
-    """``module.Qualname`` of a value's type, as users see it in messages."""
-    kind = type(value)
-    module = kind.__module__
-    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+type_name = remote_job.type_name
 
 
 def find_unpicklable(named_values: Iterable[tuple[str, Any]]) -> tuple[str, Any, Exception] | None:

@@ -1,7 +1,8 @@
 """What runs on a worker for ``%%distribute``: execute a cell, stream its output.
 
 Shipped *by value* like ``remote.job`` (workers do not have dc_jupyter): import
-only the standard library and cloudpickle here; ``distributed`` only lazily,
+only the standard library, cloudpickle and functions of ``remote.job`` (which
+travel by value too) here; ``distributed`` only lazily,
 inside functions, since every Dask worker has it and the local backend may not
 run on one.
 
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import ast
 import builtins
-import io
 import os
 import sys
 import threading
-import types
 
 import cloudpickle
+
+# Functions, not the module: only what the cell uses travels (by value) with it.
+from dc_jupyter.remote.job import dumps_keeping_filenames, type_name
 
 OUTPUT_TOPIC = "dc_jupyter-cell-output"
 FLUSH_INTERVAL = 0.1
@@ -75,26 +77,10 @@ def run_cell(
 # -- results -------------------------------------------------------------------------
 
 
-def _code_reduce_keeping_filename(code: types.CodeType) -> tuple:
+def _dumps(value) -> bytes:
     # Functions the cell defines come back to the notebook; keep their file
     # name (the cell's) so later tracebacks still show the cell's lines.
-    constructor, args = cloudpickle.cloudpickle._code_reduce(code)
-    return constructor, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
-
-
-def _dumps(value) -> bytes:
-    # The Pickler subclass is made here, on the worker, with type(): a
-    # module-level class would be shipped by value together with cloudpickle's
-    # dispatch table, and a class body would not see this module's globals.
-    from collections import ChainMap
-
-    table = ChainMap(
-        {types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table
-    )
-    pickler_class = type("_Pickler", (cloudpickle.Pickler,), {"dispatch_table": table})
-    buffer = io.BytesIO()
-    pickler_class(buffer, protocol=PICKLE_PROTOCOL).dump(value)
-    return buffer.getvalue()
+    return dumps_keeping_filenames(value)
 
 
 def _dump_outcome(outcome: dict) -> bytes:
@@ -111,7 +97,7 @@ def _dump_outcome(outcome: dict) -> bytes:
         _dumps(outcome["result"])
     except Exception as exc:
         raise TypeError(
-            f"The cell's last expression is a {_type_name(outcome['result'])}, which cannot be "
+            f"The cell's last expression is a {type_name(outcome['result'])}, which cannot be "
             f"pickled to send back to the notebook ({type(exc).__name__}: {exc}). End the cell "
             "with a value that can (numbers, strings, lists, dicts, arrays)."
         ) from None
@@ -120,17 +106,10 @@ def _dump_outcome(outcome: dict) -> bytes:
         try:
             _dumps(value)
         except Exception as exc:
-            skipped[name] = f"a {_type_name(value)} cannot be pickled ({type(exc).__name__}: {exc})"
+            skipped[name] = f"a {type_name(value)} cannot be pickled ({type(exc).__name__}: {exc})"
             del outcome["values"][name]
     outcome["skipped"] = skipped
     return _dumps(outcome)
-
-
-def _type_name(value) -> str:
-    kind = type(value)
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 # -- live output ---------------------------------------------------------------------

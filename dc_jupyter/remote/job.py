@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import threading
 import time
+import types
 
 import cloudpickle
 
@@ -113,17 +115,53 @@ def call_payload(payload: bytes, dep_blobs=()):
     return name, func(*args, **kwargs)
 
 
+def type_name(value) -> str:
+    """``module.Qualname`` of a value's type, as users see it in messages."""
+    kind = type(value)
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+# -- pickling that keeps source file names -------------------------------------------
+
+
+def _code_reduce_keeping_filename(code: types.CodeType) -> tuple:
+    # The ONE use of cloudpickle's private ``_code_reduce`` (tests/test_units.py
+    # fails loudly if cloudpickle changes it). cloudpickle 3.x writes
+    # "<dynamic-code>" as every shipped function's file name, so tracebacks
+    # would lose the notebook's source lines: keep the real one.
+    constructor, args = cloudpickle.cloudpickle._code_reduce(code)
+    return constructor, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
+def pickler_class() -> type:
+    """A ``cloudpickle.Pickler`` that keeps source file names.
+
+    Made by a call with ``type()``, not as a module-level class: this module
+    travels by value, and such a class would be shipped with cloudpickle's
+    whole dispatch table.
+    """
+    from collections import ChainMap
+
+    table = ChainMap(
+        {types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table
+    )
+    return type("FileNamePickler", (cloudpickle.Pickler,), {"dispatch_table": table})
+
+
+def dumps_keeping_filenames(value, pickler=None) -> bytes:
+    """cloudpickle ``value`` with ``pickler_class()`` (or the ``pickler`` class given)."""
+    buffer = io.BytesIO()
+    (pickler or pickler_class())(buffer, protocol=PICKLE_PROTOCOL).dump(value)
+    return buffer.getvalue()
+
+
 def dump_result(result, name: str) -> bytes:
     """Pickle a result to send back, or raise a TypeError that names its type."""
     try:
         return cloudpickle.dumps(result, protocol=PICKLE_PROTOCOL)
     except Exception as exc:
-        kind = type(result)
-        shown = (
-            kind.__qualname__
-            if kind.__module__ == "builtins"
-            else f"{kind.__module__}.{kind.__qualname__}"
-        )
+        shown = type_name(result)
         raise TypeError(
             f"The result of {name}() is a {shown}, which cannot "
             f"be pickled to send back to the notebook ({type(exc).__name__}: {exc}). Return "
@@ -443,8 +481,11 @@ def _portable_error(exc: BaseException) -> BaseException:
         ).with_traceback(exc.__traceback__)
 
 
-def run_batch(function_blob: bytes, items_blob: bytes, *scattered) -> bytes:
+def run_batch(function_blob: bytes, items_blob: bytes, *scattered, item_retries: int = 0) -> bytes:
     """Run one batch of a map: the function once per item, errors kept per item.
+
+    An item that raises is run again, right here, up to ``item_retries`` times
+    (``retries=`` of the map) before its error counts.
 
     ``function_blob`` is the function pickled once per map; ``items_blob`` a
     pickled list of argument tuples, where ``Dep(i)`` placeholders stand for
@@ -467,13 +508,18 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered) -> bytes:
     clock = time.perf_counter()
     with running_task():  # cancel / Ctrl-C / timeout stop the batch mid-item
         for position, args in enumerate(items):
-            try:
-                values[position] = func(*args)
-            except BaseException as exc:  # SystemExit & co. fail their item only
-                if _is_interrupt(exc):
-                    raise
-                _trim_chain(exc)
-                errors[position] = _portable_error(exc)
+            for attempt in range(item_retries + 1):
+                try:
+                    values[position] = func(*args)
+                    break
+                except BaseException as exc:  # SystemExit & co. fail their item only
+                    if _is_interrupt(exc):
+                        raise
+                    # SystemExit & co. are the user's answer, not a failure: never retried.
+                    if attempt == item_retries or not isinstance(exc, Exception):
+                        _trim_chain(exc)
+                        errors[position] = _portable_error(exc)
+                        break
     busy = time.perf_counter() - clock
     meta = {"worker": _where(), "started": started, "busy": busy, "count": len(items)}
     try:

@@ -142,11 +142,6 @@ class ProcessCluster:
         with Client(scheduler_file=str(self.scheduler_file), timeout="30s") as client:
             client.wait_for_workers(n, timeout=timeout)
 
-    def stop_worker(self, proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-        """Stop one worker (and its nanny's children) by process group."""
-        _signal_group(proc, sig)
-        _reap(proc)
-
     def stop(self) -> None:
         """Stop workers, then the scheduler (SIGTERM, then SIGKILL after a few seconds)."""
         if self._scheduler_file_ready():

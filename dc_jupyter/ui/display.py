@@ -1,7 +1,9 @@
-"""The hook between waiting on work and showing it.
+"""The view layer's entry points: showing a wait, a handle, a job not sent yet.
 
 ``Job.compute()``, ``MapJob.compute()`` and ``%%distribute`` wrap their wait in
-``watching(handle)``; displayed handles call ``show(handle)``. In a Jupyter
+``watching(handle)``; displayed handles call ``show(handle)``. The core reaches
+these through ``dc_jupyter.core.observe`` (this module is registered there at
+import of ``dc_jupyter``), so the core never imports the views. In a Jupyter
 kernel the live widgets of ``widgets.py`` appear; in terminal IPython and
 scripts nothing is shown, except a text progress bar (``textbar.py``) for maps
 when stderr is a TTY. Kept free of a top-level ipywidgets import so the core
@@ -83,6 +85,11 @@ def show(handle: Any, label: str | None = None) -> None:
         return
     from dc_jupyter.ui import render
 
+    if not _is_map(handle) and handle.done():
+        # Outside a kernel there is no live view to fill in the preview later, and
+        # this is the caller's own thread: fetch the result (or error) now.
+        with contextlib.suppress(BaseException):
+            handle.result()
     if _is_map(handle):
         state = render.map_state(handle)
         state.name = label or state.name
@@ -92,3 +99,10 @@ def show(handle: Any, label: str | None = None) -> None:
         state.name = label or state.name
         text, markup = render.job_text(state), render.job_html(state)
     display({"text/plain": text, "text/html": markup}, raw=True)
+
+
+def lazy_job_html(name: str, arguments: str) -> str:
+    """The card of a ``Job`` not sent yet."""
+    from dc_jupyter.ui.render import lazy_job_html as card
+
+    return card(name, arguments)

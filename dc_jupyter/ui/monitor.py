@@ -57,10 +57,6 @@ class Monitor:
             if view in self._views:
                 self._views.remove(view)
 
-    def watched(self) -> int:
-        with self._lock:
-            return len(self._views)
-
     def _run(self) -> None:
         next_tick = time.monotonic()
         while True:

@@ -91,56 +91,43 @@ class JobState:
 def job_state(
     handle: Any, worker: str | None = None, dashboard: str | None = None, fetch: bool = True
 ) -> JobState:
-    """Read a ``JobFuture``-like handle (``status``, ``submitted_at``, ``result``).
+    """Read a ``JobFuture``-like handle through ``snapshot()``, which never blocks.
 
-    With ``fetch=False`` the result preview is shown only once the result is
-    already here, so a large result is never transferred twice (the waiting
-    thread fetches it anyway).
+    With ``fetch=True`` a finished result (or error) not here yet is fetched in
+    the background (``prefetch()``) and shown on a later refresh; with
+    ``fetch=False`` the preview waits for the caller's own wait to fetch it,
+    so a large result is never transferred twice.
     """
-    status = handle.status
+    snap = handle.snapshot()
     state = {
         "pending": "running" if worker else "queued",
         "running": "running",
         "finished": "finished",
         "error": "failed",
         "cancelled": "cancelled",
-    }.get(status, status)
+    }.get(snap.status, snap.status)
     detail = ""
     awaiting = False
-    if state == "finished" and (fetch or _fetched(handle)):
-        try:
-            has_result = getattr(handle, "has_result", True)  # a cell may end with a statement
-            # Bounded: an --async cell's result also waits for its namespace update,
-            # and the monitor thread must never hang on it; it retries next tick.
-            text = short_repr(handle.result(timeout=None if fetch else 0.2)) if has_result else ""
-            detail = f"→ {text}" if text else ""
-        except TimeoutError:
-            awaiting = True
-        except Exception as exc:  # e.g. the result cannot be unpickled here
-            state, detail = "failed", _summary(exc)
-    elif state == "finished":
-        awaiting = True
-    elif state == "failed":
-        try:
-            exc = handle.exception()
-        except Exception as err:
-            exc = err
-        detail = _summary(exc) if exc is not None else ""
+    if snap.error is not None and state in ("finished", "failed"):
+        # e.g. the result could not be unpickled here, or the task failed
+        state, detail = "failed", _summary(snap.error)
+    elif state == "finished" and snap.has_value:
+        has_result = getattr(handle, "has_result", True)  # a cell may end with a statement
+        text = short_repr(snap.value) if has_result else ""
+        detail = f"→ {text}" if text else ""
+    elif state in ("finished", "failed"):
+        awaiting = True  # the preview or the error is not here yet
+        if fetch:
+            handle.prefetch()
     return JobState(
         name=display_name(handle),
         state=state,
-        elapsed=time.monotonic() - getattr(handle, "submitted_at", time.monotonic()),
+        elapsed=time.monotonic() - snap.submitted_at,
         worker=worker if state == "running" else None,
         dashboard=dashboard,
         detail=detail,
         awaiting_result=awaiting,
     )
-
-
-def _fetched(handle: Any) -> bool:
-    from dc_jupyter.core.futures import _NOT_YET
-
-    return getattr(handle, "_value", _NOT_YET) is not _NOT_YET
 
 
 def _summary(exc: BaseException) -> str:

@@ -11,16 +11,26 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dc_jupyter.ui import render
 from dc_jupyter.ui.monitor import monitor
 
 
 class _Bar(tqdm):
     # tqdm's own monitor thread outlives the bar; ours already refreshes on time.
     monitor_interval = 0
+    counts = ""  # render.map_counts of the last refresh, shown after the bar
+
+    @property
+    def format_dict(self) -> dict:
+        return {**super().format_dict, "counts": self.counts}
 
 
 class TextBar:
-    """``square: 45%|████▌     | 90/200 [00:02<00:02, 41.2 item/s, failed=1]``."""
+    """``square:  45%|████▌     | 90/200 · running 2 · failed 1 · 41.2/s · 2.6 s left · 2.2 s``.
+
+    The counts after the bar are ``render.map_counts``: the same text as the
+    widgets and the HTML fallback, so the numbers agree everywhere.
+    """
 
     def __init__(self, handle: Any, label: str | None = None, file: Any = None) -> None:
         self.handle = handle
@@ -31,18 +41,15 @@ class TextBar:
             file=file or sys.stderr,
             mininterval=0.1,
             dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {counts}",
         )
-        self._failed = 0
 
     def refresh(self) -> bool:
-        p = self.handle.progress()
-        ended = p.done + p.failed + p.cancelled
-        if p.failed != self._failed:
-            self._failed = p.failed
-            self.bar.set_postfix(failed=p.failed, refresh=False)
-        if ended > self.bar.n:
-            self.bar.update(ended - self.bar.n)
-        return ended >= p.total
+        state = render.map_state(self.handle)
+        self.bar.counts = render.map_counts(state)
+        if state.ended > self.bar.n:
+            self.bar.update(state.ended - self.bar.n)
+        return state.finished
 
     def show(self) -> TextBar:
         monitor.add(self)

@@ -224,25 +224,34 @@ class DaskBackend(Backend):
             client=opts.client, cluster=opts.cluster, address=opts.address
         )
 
-    def submit(self, job: Job) -> JobFuture:
-        payload, deps = job.prepare(scatter_above=scatter_threshold())
-        return self.submit_prepared(job, payload, deps)
+    def check(self, options: Any, name: str) -> None:
+        if options.resources:  # else work no worker can run would wait forever
+            check_resources(self.client(), options.resources, name)
 
-    def submit_prepared(self, job: Job, payload: bytes, deps: list[Any]) -> JobFuture:
+    def scatter_above(self) -> int | None:
+        return scatter_threshold()
+
+    def owns(self, handle: JobFuture) -> bool:
+        return getattr(handle._inner, "client", None) is self.client()
+
+    def start(self, job: Job, payload: bytes, inputs: list[Any]) -> JobFuture:
         client = self.client()
         opts = job.function.options
-        if opts.resources:  # before anything (a dependency, a scatter) is sent
-            check_resources(client, opts.resources, job.name)
-        dep_handles: list[Any] = []
-        for dep in deps:
-            if isinstance(dep, remote_job.Scattered):
-                dep_handles.append(_scatter(client, dep, f"{job.name}-arg-{uuid.uuid4().hex}"))
+        threshold = scatter_threshold()
+        args: list[Any] = []
+        for value in inputs:
+            if isinstance(value, JobFuture):  # ours: its result moves worker to worker
+                args.append(value._inner)
+            elif isinstance(value, remote_job.Scattered) or (
+                isinstance(value, bytes) and len(value) > threshold
+            ):  # a large argument, or a large result of a dependency on another backend
+                args.append(_scatter(client, value, f"{job.name}-arg-{uuid.uuid4().hex}"))
             else:
-                dep_handles.append(self.submit(dep))
+                args.append(value)
         future = client.submit(
             install.installed_on(client).run_job,
             payload,
-            *[getattr(h, "_inner", h) for h in dep_handles],
+            *args,
             key=job.key,
             pure=False,
             retries=opts.retries or None,
@@ -252,12 +261,10 @@ class DaskBackend(Backend):
             future,
             name=job.name,
             key=job.key,
-            keep=tuple(dep_handles),
+            keep=(*inputs, *args),  # dependency handles (cancelled with it), scattered data
             canceller=canceller_for(client),
+            translate=translate_backend_error,
         )
-
-    def describe(self) -> str:
-        return f"dask {self.client().scheduler.address}"
 
     def slots(self) -> int:
         nthreads = self.client().nthreads()
@@ -269,8 +276,7 @@ class DaskBackend(Backend):
 
     def open_map(self, function_blob: bytes, options: Any, name: str = "map") -> BatchChannel:
         client = self.client()
-        if options.resources:  # else a map no worker can run would wait forever
-            check_resources(client, options.resources, name)
+        self.check(options, name)
         restrictions = self.restrictions(client, options.resources)
         return _DaskBatches(client, function_blob, options, scatter_threshold(), restrictions)
 
@@ -292,7 +298,7 @@ class _DaskBatches(BatchChannel):
         threshold: int,
         restrictions: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(function_blob)
+        super().__init__(function_blob, options.retries)
         self.client = client
         self.options = options
         self.restrictions = restrictions or {"resources": dict(options.resources) or None}
@@ -320,6 +326,7 @@ class _DaskBatches(BatchChannel):
             install.installed_on(self.client).run_batch,
             function,
             items,
+            item_retries=self.retries,
             key=key,
             pure=False,
             retries=opts.retries or None,
@@ -355,6 +362,21 @@ class _DaskBatches(BatchChannel):
             return split.result(timeout=SPLIT_TIMEOUT)
         finally:
             split.release()
+
+    fetch_together = True
+
+    def gather(self, futures: list[Any]) -> dict[int, Any]:
+        # Dask runs every done-callback on ONE thread: fetching there one batch at
+        # a time left workers idle (~14 ms between tasks at 8 workers, vs ~1.4 ms
+        # for client.map). One call for whatever has finished.
+        finished = [i for i, f in enumerate(futures) if f.status == "finished"]
+        if not finished:
+            return {}
+        try:
+            blobs = self.client.gather([futures[i] for i in finished])
+        except Exception:  # e.g. a result lost with its worker: fetch one by one
+            return {}
+        return dict(zip(finished, blobs, strict=True))
 
     def cancel(self, futures: list[Any]) -> None:
         try:

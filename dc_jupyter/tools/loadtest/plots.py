@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dc_jupyter.tools.loadtest.run import LoadTestResult
+    from dc_jupyter.tools.loadtest.results import LoadTestResult
 
 
 def _pyplot() -> Any:
