@@ -11,6 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dc_jupyter.ui import render
 from dc_jupyter.ui.monitor import monitor
 
 
@@ -20,7 +21,11 @@ class _Bar(tqdm):
 
 
 class TextBar:
-    """``square: 45%|████▌     | 90/200 [00:02<00:02, 41.2 item/s, failed=1]``."""
+    """``square:  45%|████▌     | 88/200 done · running 2 · queued 110 · failed 2 · …``.
+
+    tqdm draws the bar; the numbers beside it come from ``render.map_counts``,
+    the same formatter as the widgets and the HTML.
+    """
 
     def __init__(self, handle: Any, label: str | None = None, file: Any = None) -> None:
         self.handle = handle
@@ -31,18 +36,20 @@ class TextBar:
             file=file or sys.stderr,
             mininterval=0.1,
             dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
         )
-        self._failed = 0
+        self.label = label
 
     def refresh(self) -> bool:
-        p = self.handle.progress()
-        ended = p.done + p.failed + p.cancelled
-        if p.failed != self._failed:
-            self._failed = p.failed
-            self.bar.set_postfix(failed=p.failed, refresh=False)
-        if ended > self.bar.n:
-            self.bar.update(ended - self.bar.n)
-        return ended >= p.total
+        state = render.map_state(self.handle)
+        counts = render.map_counts(state)
+        if counts != self.bar.postfix:
+            self.bar.postfix = counts  # a plain string: tqdm shows it as it is
+        if state.ended > self.bar.n:
+            self.bar.update(state.ended - self.bar.n)
+        else:
+            self.bar.refresh()
+        return state.finished
 
     def show(self) -> TextBar:
         monitor.add(self)
