@@ -393,3 +393,27 @@ def test_sweep_keeps_shared_imports_single_and_prefixes_each_line(cluster, no_th
         assert shell.run_cell(SWEEP).error_in_exec is None
     assert "now a list" not in captured.stderr
     assert shell.run_cell("math.floor(2.5)").result == 2  # later cells still work
+
+
+def test_map_numbers_are_honest_and_formatted_one_way():
+    from dc_jupyter.ui import render
+
+    # Early on, however fast the first items were: no time left yet.
+    early = render.MapState(name="m", total=200_000, done=5_000, running=2, elapsed=1.1)
+    assert "left" not in render.map_counts(early)
+    later = render.MapState(name="m", total=200_000, done=50_000, running=2, elapsed=4.0)
+    assert "12.0 s left" in render.map_counts(later)
+    # Running is what runs; the rest waits, shown apart.
+    assert "running 2 · queued 149,998" in render.map_counts(later)
+    # One number format: counts and rate alike.
+    ended = render.MapState(name="m", total=200_000, done=200_000, elapsed=0.98)
+    assert render.map_counts(ended) == "200,000/200,000 done · 204,082/s · in 1.0 s"
+    # Failures are not a rate.
+    failed = render.MapState(name="m", total=60, failed=60, elapsed=0.2)
+    assert render.map_counts(failed) == "0/60 done · failed 60 · in 0.2 s"
+    # Done, failed and cancelled are separate segments of the bar.
+    mixed = render.MapState(name="m", total=30, done=25, failed=5, elapsed=1.0)
+    bar = render.bar_html(mixed)
+    assert "data-kind='finished'" in bar and "width:83.3%" in bar
+    assert "data-kind='failed'" in bar and "width:16.7%" in bar
+    assert "role='progressbar'" in bar and "aria-valuenow='30'" in bar
