@@ -14,6 +14,7 @@ when ``DC_JUPYTER_REQUIRE_BROWSER=1`` (as in ``.ci/run``). Screenshots go to
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -83,12 +84,15 @@ def _browser_missing() -> str | None:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "the playwright Python package is not installed (pip install -e '.[test]')"
-    if shutil.which("jupyter-lab") is None and shutil.which("jupyter") is None:
-        return "jupyterlab is not installed"
+    for module in ("jupyterlab", "nbconvert"):  # run as `python -m ...` below
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install -e '.[test]')"
     return None
 
 
-def _require_browser() -> None:
+@pytest.fixture(scope="session")
+def browser_ready() -> None:
+    """Before any cluster starts: skip (or fail) when there is no browser to drive."""
     reason = _browser_missing()
     if reason:
         if os.environ.get("DC_JUPYTER_REQUIRE_BROWSER") == "1":
@@ -375,9 +379,8 @@ def _run_session(lab: Lab, client, found: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory, cluster, client):
+def session(browser_ready, tmp_path_factory, cluster, client):
     """Everything the browser saw in one JupyterLab session (see ``_run_session``)."""
-    _require_browser()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     lab = Lab(tmp_path_factory.mktemp("lab"), cluster.address)
     found: dict = {}

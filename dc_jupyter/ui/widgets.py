@@ -132,6 +132,7 @@ class LiveView:
         if self.refresh_state():
             self.finished = True
             self._display = display(self._static(), raw=True, display_id=True)
+            self.handle = None
             return self
         _register_end_of_cell_hook()
         self._display = display(self.panel, display_id=True)
@@ -180,11 +181,17 @@ class LiveView:
         _set(self.cancel_button.layout, "display", _HIDDEN)
         if self._display is not None:
             self._display.update(self._static(), raw=True)
+        # The widgets outlive the view (ipywidgets keeps them): let go of the
+        # handle, so the results it holds are not pinned on the workers.
+        self.handle = None
 
     def _cancel(self, _button: w.Button) -> None:
+        handle = self.handle
+        if handle is None:  # already ended
+            return
         self.cancel_button.disabled = True
         self.cancel_button.description = "Cancelling…"
-        self.handle.cancel()
+        handle.cancel()
 
 
 class JobView(LiveView):
