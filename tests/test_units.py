@@ -175,7 +175,9 @@ def test_reading_an_async_cell_never_blocks_until_its_names_are_in_the_notebook(
 
 
 def test_map_states_render_counts_rate_and_workers():
-    progress = MapProgress(total=200, done=37, failed=1, running=2, started_at=time.monotonic() - 2)
+    progress = MapProgress(
+        total=200, done=37, failed=1, running=2, running_tasks=2, started_at=time.monotonic() - 2
+    )
     progress.per_worker = {"tcp://a:1": 30, "tcp://b:2": 8}
 
     class Handle:
@@ -185,9 +187,11 @@ def test_map_states_render_counts_rate_and_workers():
             return progress
 
     s = render.map_state(Handle())
-    assert (s.name, s.state, s.ended) == ("square.map", "failed", 38)
+    # Still running with a failure: the state says running, the count says failed.
+    assert (s.name, s.state, s.ended) == ("square.map", "running", 38)
     text = render.map_text(s)
-    assert text.startswith("square.map: failed, 37/200 · running 2 · failed 1 · ")
+    assert text.startswith("square.map: running, 37/200 done · running 2 · ")
+    assert " · failed 1 · " in text
     assert "per worker: a:1 ×30, b:2 ×8" in text
 
 

@@ -24,7 +24,6 @@ import dc_jupyter
 from dc_jupyter import compute_this
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 SETUP = """
 import time
@@ -46,16 +45,14 @@ CELLS = {
     "failed": "try:\n    boom(1).compute()\nexcept ValueError:\n    pass",
     "done handle": "fut = square(5).submit()\nfut.result()\nfut",
     "live map handle": "mf = square.map(range(6)).submit()\nmf",
-    # The monitor draws a displayed handle's final state within 0.1 s of the end;
-    # wait here so it is sent before the notebook is saved (TESTING.md).
-    "wait": "mf.result()\ntime.sleep(0.6)",
+    # No sleep: the displayed handle's final state is drawn by the end of this cell.
+    "wait": "len(mf.result())",
+    "partly failed": "try:\n    boom.map(range(3)).compute()\nexcept ValueError:\n    pass",
     # %%distribute in each form
     "load": "%load_ext dc_jupyter",
     "cell": "%%distribute\nimport time\ntime.sleep(0.3)\nanswer = 6 * 7\nanswer",
     "async cell": "%%distribute --async -o h\nimport time\ntime.sleep(0.5)\nlate = 'yes'\nlate",
-    # h.result() returns once `late` is in the namespace; the sleep lets the
-    # monitor draw the displayed handle's final state before the notebook is saved
-    "wait cell": "h.result()\ntime.sleep(0.6)\nlate",
+    "wait cell": "h.result()\nlate",
     "sweep": "%%distribute --map i in range(6)\nsquared = i * i",
 }
 
@@ -77,103 +74,75 @@ def run_notebook(tmp_path, cells: list[str], env: dict) -> nbformat.NotebookNode
     return nb
 
 
-def descendants(state: dict, model_id: str) -> list[dict]:
-    """The saved states of a widget and of every widget inside it."""
-    model = state[model_id]
-    found = [model]
-    for child in model["state"].get("children", []):
-        found += descendants(state, child.removeprefix("IPY_MODEL_"))
-    return found
+def final(cell) -> dict:
+    """The data of the cell's one dc_jupyter output, which must be static by now:
+    HTML and text, no widget view (that needs the widget manager to render)."""
+    shown = [o for o in cell.outputs if "dcj-" in o.get("data", {}).get("text/html", "")]
+    assert len(shown) == 1, f"expected one dc_jupyter output in {cell.source!r}: {cell.outputs}"
+    data = shown[0]["data"]
+    assert WIDGET_VIEW not in data, f"still a live widget after the cell: {cell.source!r}"
+    return {"text/plain": data["text/plain"], "text/html": html.unescape(data["text/html"])}
 
 
-def widget_of(cell, state: dict) -> list[dict]:
-    views = [o for o in cell.outputs if WIDGET_VIEW in o.get("data", {})]
-    assert len(views) == 1, f"expected one widget in {cell.source!r}, got {cell.outputs}"
-    return descendants(state, views[0]["data"][WIDGET_VIEW]["model_id"])
-
-
-def values(models: list[dict], name: str, trait: str) -> list:
-    return [m["state"].get(trait) for m in models if m["model_name"] == name]
-
-
-def fallback(cell) -> dict:
-    (out,) = [o for o in cell.outputs if WIDGET_VIEW in o.get("data", {})]
-    return out["data"]
-
-
-def test_notebook_keeps_final_widget_state_and_fallbacks(tmp_path, cluster):
+def test_notebook_keeps_final_state_as_static_html(tmp_path, cluster):
     nb = run_notebook(
         tmp_path, [SETUP, *CELLS.values()], {"DASK_SCHEDULER_ADDRESS": cluster.address}
     )
     cells = dict(zip(CELLS, nb.cells[1:], strict=True))
     errors = [o for c in nb.cells for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
-    state = nb.metadata.widgets[WIDGET_STATE]["state"]
 
-    job = widget_of(cells["job"], state)
-    (line,) = [v for v in values(job, "HTMLModel", "value") if "dcj-job" in v]
-    assert "data-state='finished'" in line and "→ 16" in line
-    assert "dashboard" in line  # link to the Dask dashboard of the cluster
-    assert fallback(cells["job"])["text/plain"].startswith("square: finished")
-    assert "→ 16" in fallback(cells["job"])["text/html"]
+    job = final(cells["job"])
+    assert "data-state='finished'" in job["text/html"] and "→ 16" in job["text/html"]
+    assert "dashboard" in job["text/html"]  # link to the Dask dashboard of the cluster
+    assert job["text/plain"].startswith("square: finished")
 
-    mapped = widget_of(cells["map"], state)
-    (bar,) = [m["state"] for m in mapped if m["model_name"] == "IntProgressModel"]
-    assert (bar["value"], bar["max"], bar["bar_style"]) == (12, 12, "success")
-    assert any("12/12 done" in v for v in values(mapped, "HTMLModel", "value"))
-    # Compact final state: no cancel button on a blocking map.
-    assert fallback(cells["map"])["text/plain"].startswith("square.map: finished, 12/12 done")
-    assert "width:100.0%" in fallback(cells["map"])["text/html"]
+    mapped = final(cells["map"])
+    assert mapped["text/plain"].startswith("square.map: finished, 12/12 done")
+    assert "aria-valuenow='12'" in mapped["text/html"]
+    assert "aria-valuemax='12'" in mapped["text/html"]
 
-    failed = widget_of(cells["failed"], state)
-    (line,) = [v for v in values(failed, "HTMLModel", "value") if "dcj-job" in v]
-    assert "data-state='failed'" in line and "ValueError: bad input 1" in line
-    assert "#dc3545" in line  # red
-    assert "ValueError: bad input 1" in fallback(cells["failed"])["text/plain"]
+    failed = final(cells["failed"])
+    assert "data-state='failed'" in failed["text/html"]
+    assert "ValueError: bad input 1" in failed["text/html"]
+    assert "ValueError: bad input 1" in failed["text/plain"]
 
-    handle = widget_of(cells["done handle"], state)
-    assert any("→ 25" in v for v in values(handle, "HTMLModel", "value"))
+    assert "→ 25" in final(cells["done handle"])["text/html"]
 
-    live = widget_of(cells["live map handle"], state)
-    (bar,) = [m["state"] for m in live if m["model_name"] == "IntProgressModel"]
-    assert (bar["value"], bar["max"]) == (6, 6)
-    (button,) = [m for m in live if m["model_name"] == "ButtonModel"]
-    layout = state[button["state"]["layout"].removeprefix("IPY_MODEL_")]["state"]
-    assert layout.get("display") == "none"  # the cancel button goes once done
-    assert fallback(cells["live map handle"])["text/plain"].startswith("square.map: finished")
+    # A displayed handle, finished while a later cell waited on it: drawn final
+    # by the end of that cell (no sleep, no stale "queued").
+    live = final(cells["live map handle"])
+    assert live["text/plain"].startswith("square.map: finished, 6/6 done"), live
+    assert "Cancel" not in live["text/html"]
 
-    # %%distribute, sync: the job widget, labelled with the cell, shows its value
+    partly = final(cells["partly failed"])
+    assert partly["text/plain"].startswith("boom.map: failed, 0/3 done · failed 3")
+    assert "/s" not in partly["text/plain"]  # failures are not a rate
+
+    # %%distribute, sync: the job card, labelled with the cell, shows its value
     count = cells["cell"].execution_count
-    cell = widget_of(cells["cell"], state)
-    (line,) = [v for v in values(cell, "HTMLModel", "value") if "dcj-job" in v]
-    assert f"In[{count}] %%distribute" in line
-    assert "data-state='finished'" in line and "→ 42" in line, line
-    assert fallback(cells["cell"])["text/plain"].startswith(f"In[{count}] %%distribute: finished")
+    cell = final(cells["cell"])
+    assert f"In[{count}] %%distribute" in cell["text/html"]
+    assert "data-state='finished'" in cell["text/html"] and "→ 42" in cell["text/html"]
+    assert cell["text/plain"].startswith(f"In[{count}] %%distribute: finished")
     assert any(o.get("data", {}).get("text/plain") == "42" for o in cells["cell"].outputs)
 
-    # --async: the displayed handle, drawn final while a later cell waited on it
+    # --async: the displayed handle, drawn final by the end of the cell that waited
     count = cells["async cell"].execution_count
-    handle = widget_of(cells["async cell"], state)
-    (line,) = [v for v in values(handle, "HTMLModel", "value") if "dcj-job" in v]
-    assert f"In[{count}] %%distribute" in line
-    assert "data-state='finished'" in line and "→ 'yes'" in html.unescape(line), line
-    (button,) = [m for m in handle if m["model_name"] == "ButtonModel"]
-    layout = state[button["state"]["layout"].removeprefix("IPY_MODEL_")]["state"]
-    assert layout.get("display") == "none"
+    handle = final(cells["async cell"])
+    assert f"In[{count}] %%distribute" in handle["text/html"]
+    assert "data-state='finished'" in handle["text/html"] and "→ 'yes'" in handle["text/html"]
     assert cells["wait cell"].outputs[-1]["data"]["text/plain"] == "'yes'"
 
     # --map: the sweep's bar at total, labelled with the cell
     count = cells["sweep"].execution_count
-    sweep = widget_of(cells["sweep"], state)
-    (bar,) = [m["state"] for m in sweep if m["model_name"] == "IntProgressModel"]
-    assert (bar["value"], bar["max"], bar["bar_style"]) == (6, 6, "success")
-    assert any(
-        f"In[{count}] %%distribute --map i" in v and "finished" in v
-        for v in values(sweep, "HTMLModel", "value")
-    )
-    assert fallback(cells["sweep"])["text/plain"].startswith(
-        f"In[{count}] %%distribute --map i: finished, 6/6 done"
-    )
+    sweep = final(cells["sweep"])
+    assert sweep["text/plain"].startswith(f"In[{count}] %%distribute --map i: finished, 6/6 done")
+    assert "aria-valuenow='6'" in sweep["text/html"]
+
+    # Nothing in the saved notebook needs the widget manager to show a final state.
+    views = [o for c in nb.cells for o in c.outputs if WIDGET_VIEW in o.get("data", {})]
+    assert not views, views
 
 
 # -- in this process: traffic, threads, fallbacks ----------------------------------
@@ -235,7 +204,7 @@ def test_job_view_turns_red_and_stops_its_thread(no_thread_leak, comm_messages):
     assert view.cancel_button.layout.display != "none"
     assert wait_until(lambda: view.finished, timeout=10)
     assert view.state.state == "failed" and view.state.detail == "KeyError: 'k'"
-    assert "#dc3545" in view.line.value
+    assert "data-state='failed'" in view.html.value and "✗" in view.html.value
     assert view.cancel_button.layout.display == "none"
 
 
@@ -363,3 +332,89 @@ def test_fallback_shows_per_worker_allocation_and_is_empty_safe():
     assert "per worker" not in render.map_text(state)  # empty allocation: no line
     state.per_worker = {"tcp://10.0.0.5:1": 2, "tcp://10.0.0.6:1": 1}
     assert "per worker: 10.0.0.5:1 ×2, 10.0.0.6:1 ×1" in render.map_text(state)
+
+
+def test_per_worker_counts_use_worker_names(cluster, no_thread_leak, comm_messages):
+    from dc_jupyter.ui import widgets
+
+    dc_jupyter.connect(cluster.address)
+
+    @compute_this
+    def ident(x):
+        return x
+
+    handle = ident.map(range(40)).submit()
+    view = widgets.MapView(handle)
+    handle.result(timeout=60)
+    view.close()
+    # The session cluster names its workers worker-0, worker-1 (not their addresses).
+    assert view.state.per_worker and set(view.state.per_worker) <= {"worker-0", "worker-1"}
+    assert "per worker: worker-" in render_text(view)
+
+
+def render_text(view) -> str:
+    return view.text(view.state)
+
+
+# -- sweeps: one value for what every element shares, prefixed lines -----------------
+
+SWEEP = """%%distribute --map p in range(3)
+import math
+from math import sqrt
+root = sqrt(p)
+total = p
+print("hello", p)
+print("two\\nlines")
+"""
+
+
+def test_sweep_keeps_shared_imports_single_and_prefixes_each_line(cluster, no_thread_leak):
+    import math
+
+    from conftest import ipython_shell
+    from IPython.utils.capture import capture_output
+
+    shell = ipython_shell()
+    shell.run_line_magic("load_ext", "dc_jupyter")
+    shell.run_line_magic("distribute", f"connect {cluster.address}")
+    shell.user_ns["total"] = 10  # replaced by a list: the sweep says so
+    with capture_output() as captured:
+        result = shell.run_cell(SWEEP)
+    assert result.error_in_exec is None, result.error_in_exec
+    ns = shell.user_ns
+    assert ns["math"] is math and ns["sqrt"] is math.sqrt  # one module, one function
+    assert ns["root"] == [0.0, 1.0, math.sqrt(2)]  # computed per element: a list
+    assert ns["total"] == [0, 1, 2]
+    for p in range(3):
+        assert f"[p={p}] hello {p}\n" in captured.stdout, captured.stdout
+        assert f"[p={p}] two\n[p={p}] lines\n" in captured.stdout, captured.stdout
+    assert "'total' was a int in the notebook and is now a list of 3 values" in captured.stderr
+    # Rerunning does not warn again: the value it replaces is already the list.
+    with capture_output() as captured:
+        assert shell.run_cell(SWEEP).error_in_exec is None
+    assert "now a list" not in captured.stderr
+    assert shell.run_cell("math.floor(2.5)").result == 2  # later cells still work
+
+
+def test_map_numbers_are_honest_and_formatted_one_way():
+    from dc_jupyter.ui import render
+
+    # Early on, however fast the first items were: no time left yet.
+    early = render.MapState(name="m", total=200_000, done=5_000, running=2, elapsed=1.1)
+    assert "left" not in render.map_counts(early)
+    later = render.MapState(name="m", total=200_000, done=50_000, running=2, elapsed=4.0)
+    assert "12.0 s left" in render.map_counts(later)
+    # Running is what runs; the rest waits, shown apart.
+    assert "running 2 · queued 149,998" in render.map_counts(later)
+    # One number format: counts and rate alike.
+    ended = render.MapState(name="m", total=200_000, done=200_000, elapsed=0.98)
+    assert render.map_counts(ended) == "200,000/200,000 done · 204,082/s · in 1.0 s"
+    # Failures are not a rate.
+    failed = render.MapState(name="m", total=60, failed=60, elapsed=0.2)
+    assert render.map_counts(failed) == "0/60 done · failed 60 · in 0.2 s"
+    # Done, failed and cancelled are separate segments of the bar.
+    mixed = render.MapState(name="m", total=30, done=25, failed=5, elapsed=1.0)
+    bar = render.bar_html(mixed)
+    assert "data-kind='finished'" in bar and "width:83.3%" in bar
+    assert "data-kind='failed'" in bar and "width:16.7%" in bar
+    assert "role='progressbar'" in bar and "aria-valuenow='30'" in bar

@@ -35,13 +35,23 @@ def _on_event(event: Any) -> None:
 class CellOutput:
     """Collects one cell's output chunks in order and writes them to the notebook.
 
-    ``parts`` is how many runs send output (one per element of a ``--map``).
+    ``parts`` is how many runs send output (one per element of a ``--map``);
+    ``prefixes`` (one per part, e.g. ``[p=2] ``) start each line a part prints,
+    so a sweep's lines can be told apart, as ipyparallel's ``[stdout:0]``.
     """
 
-    def __init__(self, cell_id: str, parts: int = 1, direct: bool = False) -> None:
+    def __init__(
+        self,
+        cell_id: str,
+        parts: int = 1,
+        direct: bool = False,
+        prefixes: list[str] | None = None,
+    ) -> None:
         self.cell_id = cell_id
         self.parts = parts
         self.direct = direct
+        self.prefixes = prefixes
+        self._line_start: dict[tuple[int, str], bool] = {}
         self.streams: dict[str, TextIO] = {"stdout": sys.stdout, "stderr": sys.stderr}
         self._next_seq = [0] * parts
         self._held: list[dict[int, dict]] = [{} for _ in range(parts)]
@@ -102,12 +112,31 @@ class CellOutput:
         """Write out every chunk received so far, in order."""
         with self._cond:
             ready, self._ready = self._ready, []
-        for chunk in ready:
+            # Prefixed under the lock: the line-start state is shared by writers.
+            texts = [self._prefixed(chunk) for chunk in ready]
+        for chunk, text in zip(ready, texts, strict=True):
             stream = self.streams.get(chunk.get("stream"), self.streams["stdout"])
-            stream.write(chunk.get("text", ""))
+            stream.write(text)
         if ready:
             for stream in self.streams.values():
                 stream.flush()
+
+    def _prefixed(self, chunk: dict) -> str:
+        """The chunk's text with its part's prefix at the start of each line."""
+        text = chunk.get("text", "")
+        if not self.prefixes or not text:
+            return text
+        part = chunk.get("part", 0)
+        prefix = self.prefixes[part]
+        key = (part, chunk.get("stream", "stdout"))
+        lines = text.splitlines(keepends=True)
+        out = []
+        at_start = self._line_start.get(key, True)
+        for line in lines:
+            out.append(prefix + line if at_start else line)
+            at_start = line.endswith(("\n", "\r"))
+        self._line_start[key] = at_start
+        return "".join(out)
 
     def wait(self, seconds: float) -> None:
         """Block up to ``seconds`` or until a chunk arrives."""

@@ -33,6 +33,7 @@ from dc_jupyter.core.tracebacks import hide_local_frames
 from dc_jupyter.errors import SerializationError
 from dc_jupyter.remote import cell as remote_cell
 from dc_jupyter.ui.display import show, watching
+from dc_jupyter.ui.render import short_repr
 
 __all__ = ["CellOptions", "run_cell"]
 
@@ -88,7 +89,8 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
         # per task until it has measured that they are quick).
         n = len(plan.elements)
         columns = [[a] * n for a in args] + [range(n), [options.map_name] * n, plan.elements]
-        output = _listen(client, cell_id, n, options.run_async)
+        prefixes = [_element_prefix(options.map_name, e) for e in plan.elements]
+        output = _listen(client, cell_id, n, options.run_async, prefixes)
         handle = SweepFuture(
             _submit(MapJob(remote, tuple(columns)), output), label, options.run_async
         )
@@ -264,10 +266,17 @@ def _job_options(options: CellOptions) -> JobOptions:
 # -- sending and waiting ---------------------------------------------------------------
 
 
-def _listen(client: Any, cell_id: str, parts: int, direct: bool) -> CellOutput | None:
+def _listen(
+    client: Any, cell_id: str, parts: int, direct: bool, prefixes: list[str] | None = None
+) -> CellOutput | None:
     if client is None:
         return None  # in-process: the cell prints straight into this cell
-    return CellOutput(cell_id, parts, direct=direct).attach(client)
+    return CellOutput(cell_id, parts, direct=direct, prefixes=prefixes).attach(client)
+
+
+def _element_prefix(name: str, element: Any) -> str:
+    """``[p=2] ``: what each printed line of a sweep's element starts with."""
+    return f"[{name}={short_repr(element, 24)}] "
 
 
 def _submit(job: Any, output: CellOutput | None) -> Any:
@@ -312,20 +321,54 @@ def _outcome(plan: _Plan, handle: Any) -> dict:
     if plan.options.map_name is None:
         return handle.outcome()
     parts = handle.parts()
-    values = {
-        name: [part["values"].get(name) for part in parts]
-        for name in plan.names
-        if any(name in part["values"] for part in parts)
-    }
+    values = {}
+    per_element = []
+    for name in plan.names:
+        if not any(name in part["values"] for part in parts):
+            continue
+        each = [part["values"].get(name) for part in parts]
+        if all(name in part["values"] for part in parts) and _one_value(each):
+            values[name] = each[0]  # `import math` in a sweep: still the module
+        else:
+            values[name] = each
+            per_element.append(name)
     skipped = {k: v for part in parts for k, v in part.get("skipped", {}).items()}
     results = [part["result"] for part in parts]
-    return {"values": values, "deleted": [], "result": results, "skipped": skipped}
+    return {
+        "values": values,
+        "deleted": [],
+        "result": results,
+        "skipped": skipped,
+        "per_element": per_element,
+    }
+
+
+#: What a sweep's elements may bind to one shared object: modules, functions,
+#: classes. A computed value stays a list even when the elements agree on it,
+#: so its type never depends on the data.
+_SHARED_KINDS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
+
+
+def _one_value(values: list) -> bool:
+    """True when every element bound the same module, function or class: the same
+    object, or (defined by value in each element) the same pickle."""
+    first = values[0]
+    if not isinstance(first, _SHARED_KINDS):
+        return False
+    if all(v is first for v in values):
+        return True
+    try:
+        blob = pickling.dumps(first)
+        return all(type(v) is type(first) and pickling.dumps(v) == blob for v in values[1:])
+    except Exception:  # cannot compare: keep them apart
+        return False
 
 
 def _apply(shell: Any, plan: _Plan, outcome: dict) -> Any:
     """Put the cell's names into the notebook namespace, all at once."""
     user_ns = shell.user_ns
     values = outcome["values"]
+    _warn_replaced_by_lists(plan, outcome, user_ns)
     if plan.options.pull is None and plan.options.map_name is None:
         values = {name: _rehome(value, user_ns) for name, value in values.items()}
     user_ns.update(values)
@@ -338,6 +381,20 @@ def _apply(shell: Any, plan: _Plan, outcome: dict) -> Any:
             file=sys.stderr,
         )
     return outcome["result"] if plan.analysis.has_result else None
+
+
+def _warn_replaced_by_lists(plan: _Plan, outcome: dict, user_ns: dict) -> None:
+    """A sweep turns each name it computes into a list: say so when that replaces
+    a notebook value that was not a list, so a later cell's surprise has a cause."""
+    name = plan.options.map_name
+    for var in outcome.get("per_element", []):
+        if var in user_ns and not isinstance(user_ns[var], list):
+            print(
+                f"%%distribute --map {name}: {var!r} was a {pickling.type_name(user_ns[var])} "
+                f"in the notebook and is now a list of {len(outcome['values'][var])} values, one "
+                f"per element ({var}[i] is element i's). Use another name in the cell to keep it.",
+                file=sys.stderr,
+            )
 
 
 def _rehome(value: Any, user_ns: dict) -> Any:

@@ -145,6 +145,7 @@ class MapProgress:
     failed: int = 0
     cancelled: int = 0
     running: int = 0  # known to be executing now, where the backend can tell
+    running_tasks: int = 0  # of those, the tasks (batches): at most one per worker thread
     per_worker: dict[str, int] = field(default_factory=dict)  # items each worker has taken
     started_at: float = 0.0  # time.monotonic() at submit
 
@@ -465,19 +466,21 @@ class MapFuture:
     def progress(self) -> MapProgress:
         """How far the map is, counted in items; cheap enough to call ~10 times a second."""
         with self._lock:
-            running = 0
+            running = running_tasks = 0
             for _start, count, future in itertools.islice(self._in_flight.values(), self._slots):
                 # Dask futures cannot tell "running" from "queued": with one task per
                 # thread, the oldest `slots` batches in flight are the running ones.
                 is_running = getattr(future, "running", None)
                 if is_running is None or is_running():
                     running += count
+                    running_tasks += 1
             return MapProgress(
                 total=self.total,
                 done=self._done,
                 failed=self._failed,
                 cancelled=self._cancelled,
                 running=running,
+                running_tasks=running_tasks,
                 per_worker=dict(self._per_worker),
                 started_at=self.started_at,
             )

@@ -27,7 +27,7 @@ class Traffic:
     tasks: int  # how many tasks (batches) the items went out in
     seconds: float  # wall time from submit to the final refresh
     updates: int  # comm "update" messages of all the view's widgets
-    bar_updates: int  # of those, the progress bar's: at most one per refresh
+    bar_updates: int  # of those, the bar's (the view's HTML): at most one per refresh
 
     @property
     def updates_per_second(self) -> float:
@@ -98,13 +98,13 @@ def count_updates(
         finally:
             view.close()
         seconds = time.monotonic() - started
-    if not view.state.finished or view.bar.value != n_items:
-        raise RuntimeError(f"the view ended at {view.bar.value}/{n_items}, not at its total")
+    if not view.state.finished or view.state.ended != n_items:
+        raise RuntimeError(f"the view ended at {view.state.ended}/{n_items}, not at its total")
     updates = [m for m in sent if m["type"] == "comm_msg" and m["method"] == "update"]
     return Traffic(
         items=n_items,
         tasks=handle.tasks_sent,
         seconds=seconds,
         updates=len(updates),
-        bar_updates=sum(1 for m in updates if m["comm"] == view.bar.model_id),
+        bar_updates=sum(1 for m in updates if m["comm"] == view.html.model_id),
     )

@@ -57,6 +57,28 @@ class Monitor:
             if view in self._views:
                 self._views.remove(view)
 
+    def refresh_done(self) -> None:
+        """Draw, in the calling thread, the final state of every view whose work is done.
+
+        Called at the end of each cell (IPython's ``post_execute``): a display
+        update sent from the cell's own thread belongs to that cell, so the
+        front end and nbclient apply it before the cell ends, and a saved
+        notebook never holds an older state than the last one drawn.
+        """
+        with self._lock:
+            views = list(self._views)
+        for view in views:
+            handle = getattr(view, "handle", None)
+            try:
+                if handle is not None and handle.done() and view.refresh():
+                    self.discard(view)
+            except Exception:
+                logger.exception("dc_jupyter: drawing a final state failed")
+
+    def watched(self) -> int:
+        with self._lock:
+            return len(self._views)
+
     def _run(self) -> None:
         next_tick = time.monotonic()
         while True:
@@ -119,6 +141,65 @@ def where_running(handle: Any) -> str | None:
     if client is None or key is None or handle.done():
         return None
     return _locator.where(client, key)
+
+
+#: Seconds a client's worker names are reused before asking again.
+NAMES_INTERVAL = 5.0
+
+
+class _Names:
+    """Worker address -> Dask worker ``name``, from the client's scheduler info,
+    asked at most every ``NAMES_INTERVAL`` seconds per client."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[float, dict[str, str]]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, client: Any) -> dict[str, str]:
+        if client is None:
+            return {}
+        with self._lock:
+            asked_at, names = self._cache.get(id(client), (-1e9, {}))
+            if time.monotonic() - asked_at < NAMES_INTERVAL:
+                return names
+        try:
+            try:
+                info = client.scheduler_info(n_workers=-1)  # newer clients list 5 by default
+            except TypeError:
+                info = client.scheduler_info()
+            names = {
+                address: str(worker.get("name"))
+                for address, worker in info.get("workers", {}).items()
+                if worker.get("name") is not None
+            }
+        except Exception:  # scheduler gone or busy: addresses then
+            names = {}
+        with self._lock:
+            self._cache[id(client)] = (time.monotonic(), names)
+        return names
+
+
+_names = _Names()
+
+
+def client_of(handle: Any) -> Any:
+    """The Dask client a handle's work runs on, if any (a job's or a map's in-flight task)."""
+    client = getattr(getattr(handle, "_inner", None), "client", None)
+    if client is not None:
+        return client
+    try:
+        for entry in list(getattr(handle, "_in_flight", {}).values()):
+            client = getattr(entry[2], "client", None)
+            if client is not None:
+                return client
+    except Exception:  # changed while read: next refresh
+        pass
+    return None
+
+
+def worker_names(client: Any) -> dict[str, str]:
+    """``{address: name}`` for the workers of ``client`` (cached; ``{}`` without one)."""
+    return _names.of(client)
 
 
 def dashboard_link(handle: Any) -> str | None:

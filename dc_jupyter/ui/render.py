@@ -14,15 +14,38 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Colours of the states, shared by the HTML fallback and the widgets.
+#: Colours of the bar segments and of the card's left border: JupyterLab's
+#: theme variables, with fallbacks for pages without them (nbconvert's classic
+#: template, GitHub strips styles anyway). Never used for text: text keeps the
+#: theme's font colour, so it reaches 4.5:1 in light and dark themes alike, and
+#: the state is always spelled out (with a symbol), never told by colour alone.
 COLOURS = {
-    "queued": "#6c757d",
-    "running": "#0d6efd",
-    "finished": "#198754",
-    "failed": "#dc3545",
-    "cancelled": "#b7791f",
-    "not sent": "#6c757d",
+    "queued": "var(--jp-border-color1, #9e9e9e)",
+    "running": "var(--jp-brand-color1, #1976d2)",
+    "finished": "var(--jp-success-color1, #388e3c)",
+    "failed": "var(--jp-error-color1, #d32f2f)",
+    "cancelled": "var(--jp-warn-color1, #f57c00)",
+    "not sent": "var(--jp-border-color1, #9e9e9e)",
 }
+#: A symbol beside each state word, so the state does not rest on colour.
+SYMBOLS = {
+    "queued": "…",
+    "running": "▶",
+    "finished": "✓",
+    "failed": "✗",
+    "cancelled": "■",
+    "not sent": "○",
+    "unfinished": "?",
+}
+#: The empty part of the bar.
+_TRACK = "var(--jp-layout-color3, #e0e0e0)"
+#: Text and link colours: the theme's own (high contrast in both themes).
+_TEXT = "color:var(--jp-ui-font-color1, inherit)"
+_LINK = "color:var(--jp-content-link-color, #0d47a1);text-decoration:underline"
+_FONT = (
+    "font-family:var(--jp-ui-font-family, sans-serif);font-size:var(--jp-ui-font-size1, 13px);"
+    "line-height:1.5"
+)
 
 _preview = reprlib.Repr()
 _preview.maxstring = 60
@@ -38,6 +61,21 @@ def short_repr(value: Any, limit: int = 80) -> str:
         text = f"<{type(value).__name__} (repr failed: {type(exc).__name__})>"
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- the one number format -----------------------------------------------------
+# Widgets, the HTML/text fallbacks and the terminal bar all format through
+# these, so the same count never reads two ways ("200000" beside "204,549.8").
+
+
+def number(n: int) -> str:
+    """``1,234``."""
+    return f"{n:,}"
+
+
+def rate(per_second: float) -> str:
+    """``1,235/s`` from 100 a second up, ``45.1/s`` below."""
+    return f"{per_second:,.0f}/s" if per_second >= 100 else f"{per_second:,.1f}/s"
 
 
 def duration(seconds: float) -> str:
@@ -59,9 +97,44 @@ def display_name(handle: Any) -> str:
     return f"{handle.name}.map" if callable(getattr(handle, "progress", None)) else handle.name
 
 
-def short_worker(address: str) -> str:
-    """``tcp://10.0.0.5:40123`` -> ``10.0.0.5:40123``."""
+def short_worker(address: str, names: dict[str, str] | None = None) -> str:
+    """A worker's name if it has one of its own, else ``tcp://10.0.0.5:40123`` ->
+    ``10.0.0.5:40123``."""
+    name = (names or {}).get(address)
+    if name is not None and str(name) != address:
+        return str(name)
     return address.split("://", 1)[-1]
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _state_html(state: str, words: str) -> str:
+    symbol = SYMBOLS.get(state, "")
+    return (
+        f"<span class='dcj-state' style='flex:0 0 auto;white-space:nowrap;font-weight:bold'>"
+        f"<span aria-hidden='true'>{symbol}</span> {_esc(words)}</span>"
+    )
+
+
+def _title_html(name: str) -> str:
+    # Ellipsized when the row is narrow; the full name stays in the tooltip.
+    return (
+        f"<span class='dcj-title' title='{_esc(name)}' style='flex:0 1 auto;min-width:0;"
+        f"max-width:100%;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;"
+        f"font-weight:bold'>{_esc(name)}</span>"
+    )
+
+
+def _card_style(state: str) -> str:
+    # A wrapping row: when the output area is narrow, the parts flow onto new lines
+    # instead of being squeezed (a 0 px bar) or pushed out of view.
+    return (
+        f"display:flex;flex-wrap:wrap;align-items:center;gap:2px 10px;max-width:100%;"
+        f"box-sizing:border-box;border-left:4px solid {COLOURS.get(state, COLOURS['queued'])};"
+        f"padding:2px 8px;{_FONT};{_TEXT}"
+    )
 
 
 # -- a job or a cell ---------------------------------------------------------
@@ -74,7 +147,7 @@ class JobState:
     name: str
     state: str
     elapsed: float = 0.0
-    worker: str | None = None
+    worker: str | None = None  # the worker's name (or address, if it has no name)
     dashboard: str | None = None
     detail: str = ""  # result preview, or the error's one-line summary
     awaiting_result: bool = False  # finished, but the preview waits for the result to arrive
@@ -142,43 +215,57 @@ def job_text(s: JobState) -> str:
 
 
 def job_html(s: JobState) -> str:
-    colour = COLOURS.get(s.state, "#6c757d")
     parts = [
-        f"<b>{html.escape(s.name)}</b>",
-        f"<span style='color:{colour};font-weight:bold' class='dcj-state'>"
-        f"{html.escape(s.headline())}</span>",
-        f"<span class='dcj-elapsed'>{duration(s.elapsed)}</span>",
+        _title_html(s.name),
+        _state_html(s.state, s.headline()),
+        f"<span class='dcj-elapsed' style='white-space:nowrap'>{duration(s.elapsed)}</span>",
     ]
     if s.detail:
         parts.append(
-            f"<code class='dcj-detail' style='color:{colour}'>{html.escape(s.detail)}</code>"
+            f"<code class='dcj-detail' style='min-width:0;overflow-wrap:anywhere;{_TEXT};"
+            f"background:none'>{_esc(s.detail)}</code>"
         )
     if s.dashboard:
         parts.append(
-            f"<a href='{html.escape(s.dashboard, quote=True)}' target='_blank' "
-            "style='color:#0d6efd'>dashboard</a>"
+            f"<a class='dcj-link' href='{_esc(s.dashboard)}' target='_blank' "
+            f"rel='noopener' style='{_LINK}'>dashboard</a>"
         )
-    line = " · ".join(parts)
     return (
-        f"<div class='dcj-job' data-state='{s.state}' "
-        f"style='border-left:4px solid {colour};padding:2px 8px;font-family:sans-serif;"
-        f"font-size:13px'>{line}</div>"
+        f"<div class='dcj-job' data-state='{s.state}' style='{_card_style(s.state)}'>"
+        f"{''.join(parts)}</div>"
     )
 
 
 def lazy_job_html(name: str, arguments: str) -> str:
     """The card of a ``Job`` not sent yet."""
-    colour = COLOURS["not sent"]
     return (
-        f"<div class='dcj-job' data-state='not sent' style='border-left:4px solid {colour};"
-        f"padding:2px 8px;font-family:sans-serif;font-size:13px'>"
-        f"<b>{html.escape(name)}</b>(<code>{html.escape(arguments)}</code>) · "
-        f"<span style='color:{colour}'>not sent</span> "
+        f"<div class='dcj-job' data-state='not sent' style='{_card_style('not sent')}'>"
+        f"<span><b>{_esc(name)}</b>(<code>{_esc(arguments)}</code>)</span>"
+        f"{_state_html('not sent', 'not sent')}"
         "<small>(<code>.compute()</code> runs it, <code>.submit()</code> starts it)</small></div>"
     )
 
 
+def unfinished_text(name: str) -> str:
+    """What a live view's output says if it is saved (or the kernel ends) before
+    the work ends: never a made-up state such as "queued · 0.0 s"."""
+    return f"{name}: not finished when this output was saved (run the cell again to see it)"
+
+
+def unfinished_html(name: str) -> str:
+    return (
+        f"<div class='dcj-job' data-state='unfinished' style='{_card_style('queued')}'>"
+        f"{_title_html(name)}{_state_html('unfinished', 'not finished when saved')}"
+        "<small>run the cell again to see it</small></div>"
+    )
+
+
 # -- a map or a sweep ----------------------------------------------------------
+
+#: No time left is shown before this many seconds and this share of the items:
+#: an early rate (start-up, first batches) says little about the rest.
+ESTIMATE_AFTER_SECONDS = 2.0
+ESTIMATE_AFTER_SHARE = 0.05
 
 
 @dataclass
@@ -190,14 +277,18 @@ class MapState:
     done: int = 0
     failed: int = 0
     cancelled: int = 0
-    running: int = 0
+    running: int = 0  # items being computed now: at most one per busy worker thread
     elapsed: float = 0.0
-    per_worker: dict[str, int] = field(default_factory=dict)
-    stopped: bool = False  # no longer watched although not all items ended
+    per_worker: dict[str, int] = field(default_factory=dict)  # by worker name (or address)
 
     @property
     def ended(self) -> int:
         return self.done + self.failed + self.cancelled
+
+    @property
+    def queued(self) -> int:
+        """Items sent or not, waiting for a thread (a batch's later items included)."""
+        return max(0, self.total - self.ended - self.running)
 
     @property
     def finished(self) -> bool:
@@ -207,7 +298,7 @@ class MapState:
     def state(self) -> str:
         if self.cancelled:
             return "cancelled"
-        if self.failed:
+        if self.failed and self.finished:
             return "failed"
         if self.finished:
             return "finished"
@@ -215,59 +306,78 @@ class MapState:
 
     @property
     def rate(self) -> float | None:
-        """Items computed (done or failed, not cancelled) per second so far."""
-        computed = self.done + self.failed
-        return computed / self.elapsed if self.elapsed > 0 and computed else None
+        """Items finished (successfully) per second so far; failures are not throughput."""
+        return self.done / self.elapsed if self.elapsed > 0 and self.done else None
 
     @property
     def time_left(self) -> float | None:
-        rate = self.rate
-        return (self.total - self.ended) / rate if rate and not self.finished else None
+        """Estimated from the items computed so far, once there are enough of them."""
+        computed = self.done + self.failed
+        if (
+            self.finished
+            or self.cancelled
+            or self.elapsed < ESTIMATE_AFTER_SECONDS
+            or computed < max(1, ESTIMATE_AFTER_SHARE * self.total)
+        ):
+            return None
+        return self.elapsed * (self.total - self.ended) / computed
 
 
-def map_state(handle: Any) -> MapState:
-    """Read a ``MapFuture``-like handle through ``progress()`` only (cheap by contract)."""
+def map_state(handle: Any, names: dict[str, str] | None = None) -> MapState:
+    """Read a ``MapFuture``-like handle through ``progress()`` only (cheap by contract).
+
+    ``names`` maps worker addresses to worker names (``monitor.worker_names``).
+    """
     p = handle.progress()
     started = p.started_at or time.monotonic()
+    # Items running now: one per running task (a batch runs its items one after
+    # another on one thread), never the whole batch.
+    running = getattr(p, "running_tasks", None)
+    if running is None:
+        running = p.running
+    per_worker: dict[str, int] = {}
+    for address, count in (p.per_worker or {}).items():
+        label = short_worker(address, names)
+        per_worker[label] = per_worker.get(label, 0) + count
     return MapState(
         name=display_name(handle),
         total=p.total,
         done=p.done,
         failed=p.failed,
         cancelled=p.cancelled,
-        running=p.running,
+        running=min(running, max(0, p.total - p.done - p.failed - p.cancelled)),
         elapsed=time.monotonic() - started,
-        per_worker=dict(p.per_worker or {}),
+        per_worker=per_worker,
     )
 
 
 def map_counts(s: MapState) -> str:
-    """``37/200 · running 2 · failed 1 · 45.1/s · 3.9 s left · 4.2 s``; compact when ended."""
-    parts = [f"{s.ended if s.finished else s.done}/{s.total}"]
-    if s.finished:
-        parts[0] = f"{s.done}/{s.total} done"
-    if s.running and not s.finished:
-        parts.append(f"running {s.running}")
+    """``37/200 done · running 2 · queued 161 · failed 1 · 45.1/s · 3.9 s left · 4.2 s``;
+    compact when ended (``200/200 done · 45.1/s · in 4.4 s``)."""
+    parts = [f"{number(s.done)}/{number(s.total)} done"]
+    if not s.finished and not s.cancelled:
+        parts.append(f"running {number(s.running)}")
+        parts.append(f"queued {number(s.queued)}")
     if s.failed:
-        parts.append(f"failed {s.failed}")
+        parts.append(f"failed {number(s.failed)}")
     if s.cancelled:
-        parts.append(f"cancelled {s.cancelled}")
+        parts.append(f"cancelled {number(s.cancelled)}")
     if s.rate:
-        parts.append(f"{s.rate:,.1f}/s")
-    if s.time_left is not None and not s.cancelled:
+        parts.append(rate(s.rate))
+    if s.time_left is not None:
         parts.append(f"{duration(s.time_left)} left")
     parts.append(("in " if s.finished else "") + duration(s.elapsed))
     return " · ".join(parts)
 
 
 def per_worker_text(per_worker: dict[str, int], limit: int = 8) -> str:
-    """``a:10 ×120, b:11 ×80`` (busiest first), or ``""`` when nothing is known."""
+    """``w-0 ×120, w-1 ×80`` (busiest first), or ``""`` when nothing is known."""
     if not per_worker:
         return ""
     ranked = sorted(per_worker.items(), key=lambda kv: (-kv[1], kv[0]))
-    shown = [f"{short_worker(w)} ×{n}" for w, n in ranked[:limit]]
+    shown = [f"{short_worker(w)} ×{number(n)}" for w, n in ranked[:limit]]
     if len(ranked) > limit:
-        shown.append(f"… {len(ranked) - limit} more")
+        shown.append(f"… {number(len(ranked) - limit)} more")
     return ", ".join(shown)
 
 
@@ -277,19 +387,41 @@ def map_text(s: MapState) -> str:
     return f"{text}\n  per worker: {workers}" if workers else text
 
 
+def bar_html(s: MapState) -> str:
+    """The bar: done, failed and cancelled as separate segments, in an element with
+    ``role="progressbar"`` and its value, so screen readers read it too."""
+    total = max(s.total, 1)
+    segments = []
+    for kind, count in (("finished", s.done), ("failed", s.failed), ("cancelled", s.cancelled)):
+        if count:
+            # A 2 px floor: 1 failure in 100,000 must still be seen.
+            segments.append(
+                f"<span class='dcj-seg' data-kind='{kind}' title='{kind} {number(count)}' "
+                f"style='display:block;width:{100.0 * count / total:.1f}%;min-width:2px;"
+                f"height:100%;background:{COLOURS[kind]}'></span>"
+            )
+    summary = f"{number(s.ended)} of {number(s.total)} items ended"
+    return (
+        f"<span class='dcj-bar' role='progressbar' aria-label='{_esc(s.name)} progress' "
+        f"aria-valuemin='0' aria-valuemax='{s.total}' aria-valuenow='{s.ended}' "
+        f"aria-valuetext='{_esc(summary)}' title='{_esc(summary)}' "
+        f"style='display:flex;flex:1 1 160px;min-width:120px;max-width:360px;height:10px;"
+        f"background:{_TRACK};border-radius:2px;overflow:hidden'>{''.join(segments)}</span>"
+    )
+
+
 def map_html(s: MapState) -> str:
-    colour = COLOURS.get(s.state, "#6c757d")
-    percent = 100.0 * s.ended / s.total if s.total else 100.0
+    counts = map_counts(s)
     workers = per_worker_text(s.per_worker)
     workers_html = (
-        f"<div style='color:#6c757d'>per worker: {html.escape(workers)}</div>" if workers else ""
+        f"<span class='dcj-workers' title='per worker: {_esc(workers)}' style='flex:1 1 100%;"
+        f"min-width:0;overflow-wrap:anywhere'>per worker: {_esc(workers)}</span>"
+        if workers
+        else ""
     )
     return (
-        f"<div class='dcj-map' data-state='{s.state}' style='font-family:sans-serif;"
-        f"font-size:13px;padding:2px 0'><b>{html.escape(s.name)}</b> "
-        f"<span style='color:{colour};font-weight:bold'>{s.state}</span> "
-        f"<span style='display:inline-block;width:200px;height:10px;background:#e9ecef;"
-        f"vertical-align:middle'><span style='display:block;height:100%;"
-        f"width:{percent:.1f}%;background:{colour}'></span></span> "
-        f"{html.escape(map_counts(s))}{workers_html}</div>"
+        f"<div class='dcj-map' data-state='{s.state}' style='{_card_style(s.state)}'>"
+        f"{_title_html(s.name)}{_state_html(s.state, s.state)}{bar_html(s)}"
+        f"<span class='dcj-counts' title='{_esc(counts)}' style='flex:1 1 14em;min-width:0;"
+        f"overflow-wrap:anywhere'>{_esc(counts)}</span>{workers_html}</div>"
     )

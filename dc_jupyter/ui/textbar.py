@@ -26,10 +26,10 @@ class _Bar(tqdm):
 
 
 class TextBar:
-    """``square:  45%|████▌     | 90/200 · running 2 · failed 1 · 41.2/s · 2.6 s left · 2.2 s``.
+    """``square:  45%|████▌     | 88/200 done · running 2 · queued 110 · failed 2 · …``.
 
-    The counts after the bar are ``render.map_counts``: the same text as the
-    widgets and the HTML fallback, so the numbers agree everywhere.
+    tqdm draws the bar; the numbers beside it come from ``render.map_counts``,
+    the same formatter as the widgets and the HTML.
     """
 
     def __init__(self, handle: Any, label: str | None = None, file: Any = None) -> None:
@@ -41,14 +41,19 @@ class TextBar:
             file=file or sys.stderr,
             mininterval=0.1,
             dynamic_ncols=True,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {counts}",
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
         )
+        self.label = label
 
     def refresh(self) -> bool:
         state = render.map_state(self.handle)
-        self.bar.counts = render.map_counts(state)
+        counts = render.map_counts(state)
+        if counts != self.bar.postfix:
+            self.bar.postfix = counts  # a plain string: tqdm shows it as it is
         if state.ended > self.bar.n:
             self.bar.update(state.ended - self.bar.n)
+        else:
+            self.bar.refresh()
         return state.finished
 
     def show(self) -> TextBar:

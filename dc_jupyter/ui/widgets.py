@@ -2,9 +2,16 @@
 
 A view owns one widget panel and its handle. ``refresh()`` reads the handle's
 cheap summary and sets only the values that changed; the monitor thread calls
-it about ten times a second and ``close()`` calls it once more, synchronously,
-so the saved notebook keeps the final state. Every output also carries the
-``text/plain`` and ``text/html`` form of that state (``render.py``).
+it about ten times a second. The markup is ``render.py``'s, the same as the
+static HTML, so the live and the saved form never disagree.
+
+When the work ends the output is *replaced* (a display update) by the final
+state as plain ``text/html`` and ``text/plain``: that renders without the
+widget manager, so reopened notebooks, nbconvert and GitHub show the final
+state. It is drawn before the cell's execution ends: a blocking wait draws it
+in ``close()``, and a displayed handle at the end of whichever cell saw it
+finish (``post_execute``). Until then the output carries a text form that
+says the work was not finished, never a made-up state.
 
 Only ``display.py`` and the handles' display hooks import this module, lazily:
 the core of dc_jupyter never imports ipywidgets.
@@ -19,13 +26,13 @@ import ipywidgets as w
 from IPython.display import display
 
 from dc_jupyter.ui import render
-from dc_jupyter.ui.monitor import dashboard_link, monitor, where_running
+from dc_jupyter.ui.monitor import client_of, dashboard_link, monitor, where_running, worker_names
 
 _HIDDEN = "none"
 
 
-class _Panel(w.VBox):
-    """A VBox whose output carries a text and HTML fallback of its view's state."""
+class _Panel(w.Box):
+    """A wrapping row whose output carries a text and HTML form beside the widget."""
 
     def __init__(self, fallback: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -45,6 +52,17 @@ def _set(widget: w.Widget, name: str, value: Any) -> None:
         setattr(widget, name, value)
 
 
+def _register_end_of_cell_hook() -> None:
+    """Once per shell: draw finished displayed handles at the end of every cell."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None or getattr(shell, "_dc_jupyter_final_hook", False):
+        return
+    shell.events.register("post_execute", monitor.refresh_done)
+    shell._dc_jupyter_final_hook = True
+
+
 class LiveView:
     """Base of the job and map views: display, refresh, finish, close."""
 
@@ -56,40 +74,75 @@ class LiveView:
         self.fetch_results = cancellable
         self._lock = threading.Lock()  # the monitor thread and close() both refresh
         self._display: Any = None
+        self._client = client_of(handle)
         self.cancel_button = w.Button(
             description="Cancel",
-            button_style="warning",
             icon="stop",
             tooltip=f"cancel the remote work of {self.label}",
+            # The theme's own button colours (readable in light and dark themes);
+            # never wider than its text, never pushed out of the output area.
             layout=w.Layout(
                 width="auto", flex="0 0 auto", display=None if cancellable else _HIDDEN
             ),
         )
         self.cancel_button.on_click(self._cancel)
         self.state = self.read(fetch=False)
-        self.panel = _Panel(self.fallback, children=self.build())
+        self.html = w.HTML(layout=w.Layout(flex="1 1 0%", min_width="0", width="auto"))
+        self.panel = _Panel(
+            self.fallback,
+            children=[self.html, self.cancel_button],
+            layout=w.Layout(
+                display="flex", flex_flow="row wrap", align_items="center", width="100%"
+            ),
+        )
         self.draw(self.state)
 
     # -- to override ---------------------------------------------------------
     def read(self, fetch: bool) -> Any:
         raise NotImplementedError
 
-    def build(self) -> list[w.Widget]:
+    def text(self, state: Any) -> str:
         raise NotImplementedError
 
-    def draw(self, state: Any) -> None:
+    def markup(self, state: Any) -> str:
         raise NotImplementedError
+
+    # -- drawing -------------------------------------------------------------
+    def draw(self, state: Any) -> None:
+        _set(self.html, "value", self.markup(state))
 
     def fallback(self) -> tuple[str, str]:
-        raise NotImplementedError
+        """The text forms carried beside the live widget: final if it is, else a
+        note that the work had not finished when the output was saved."""
+        if self.state.finished:
+            return self.text(self.state), self.markup(self.state)
+        return render.unfinished_text(self.label), render.unfinished_html(self.label)
+
+    def names(self) -> dict[str, str]:
+        if self._client is None:
+            self._client = client_of(self.handle)
+        return worker_names(self._client)
 
     # -- life cycle ----------------------------------------------------------
     def show(self) -> LiveView:
-        """Display the panel and keep it moving until the handle is done."""
+        """Display the view and keep it moving until the handle is done.
+
+        Work already done shows its final state right away, with no widget.
+        """
+        if self.refresh_state():
+            self.finished = True
+            self._display = display(self._static(), raw=True, display_id=True)
+            self.handle = None
+            return self
+        _register_end_of_cell_hook()
         self._display = display(self.panel, display_id=True)
         if not self.refresh():
             monitor.add(self)
         return self
+
+    def refresh_state(self) -> bool:
+        self.state = self.read(self.fetch_results)
+        return self.state.finished
 
     def refresh(self, fetch: bool | None = None) -> bool:
         """Redraw from the handle; on the first finished state, make it final."""
@@ -115,16 +168,30 @@ class LiveView:
         if not self.refresh():
             monitor.add(self)
 
+    def _static(self) -> dict:
+        return {"text/plain": self.text(self.state), "text/html": self.markup(self.state)}
+
     def _finish(self) -> None:
-        """Compact final state: no cancel button; re-send the output's fallback."""
+        """Final state: no cancel button, and the output becomes static HTML + text.
+
+        The widgets are drawn final too (a front end that misses the update
+        still shows the right state) but are not closed: closing would blank
+        the view wherever the update did not arrive.
+        """
         _set(self.cancel_button.layout, "display", _HIDDEN)
         if self._display is not None:
-            self._display.update(self.panel)
+            self._display.update(self._static(), raw=True)
+        # The widgets outlive the view (ipywidgets keeps them): let go of the
+        # handle, so the results it holds are not pinned on the workers.
+        self.handle = None
 
     def _cancel(self, _button: w.Button) -> None:
+        handle = self.handle
+        if handle is None:  # already ended
+            return
         self.cancel_button.disabled = True
         self.cancel_button.description = "Cancelling…"
-        self.handle.cancel()
+        handle.cancel()
 
 
 class JobView(LiveView):
@@ -136,65 +203,34 @@ class JobView(LiveView):
         super().__init__(handle, label, cancellable)
 
     def read(self, fetch: bool) -> render.JobState:
-        state = render.job_state(
-            self.handle, worker=where_running(self.handle), dashboard=self.dashboard, fetch=fetch
-        )
+        worker = where_running(self.handle)
+        if worker is not None:
+            worker = render.short_worker(worker, self.names())
+        state = render.job_state(self.handle, worker=worker, dashboard=self.dashboard, fetch=fetch)
         state.name = self.label
         return state
 
-    def build(self) -> list[w.Widget]:
-        self.line = w.HTML()
-        return [w.HBox([self.line, self.cancel_button])]
+    def text(self, state: render.JobState) -> str:
+        return render.job_text(state)
 
-    def draw(self, state: render.JobState) -> None:
-        _set(self.line, "value", render.job_html(state))
-
-    def fallback(self) -> tuple[str, str]:
-        return render.job_text(self.state), render.job_html(self.state)
-
-
-_BAR_STYLE = {"finished": "success", "failed": "danger", "cancelled": "warning"}
+    def markup(self, state: render.JobState) -> str:
+        return render.job_html(state)
 
 
 class MapView(LiveView):
-    """Progress bar with done/total, running and failed counts, rate, time left,
-    and the items each worker has taken."""
+    """Progress bar (done, failed, cancelled segments) with done/total, running and
+    queued counts, rate, time left, and the items each worker has taken."""
 
     def read(self, fetch: bool) -> render.MapState:
-        state = render.map_state(self.handle)
+        state = render.map_state(self.handle, self.names())
         state.name = self.label
         return state
 
-    def build(self) -> list[w.Widget]:
-        total = max(self.state.total, 1)
-        self.title = w.HTML(layout=w.Layout(flex="0 0 auto", margin="0 8px 0 0"))
-        self.bar = w.IntProgress(
-            min=0, max=total, value=0, layout=w.Layout(flex="1 1 auto", max_width="360px")
-        )
-        self.counts = w.HTML(layout=w.Layout(flex="0 0 auto", margin="0 8px"))
-        self.workers = w.HTML(layout=w.Layout(display=_HIDDEN))
-        return [
-            w.HBox([self.title, self.bar, self.counts, self.cancel_button]),
-            self.workers,
-        ]
+    def text(self, state: render.MapState) -> str:
+        return render.map_text(state)
 
-    def draw(self, state: render.MapState) -> None:
-        colour = render.COLOURS.get(state.state, "#6c757d")
-        _set(
-            self.title,
-            "value",
-            f"<b>{state.name}</b> <span style='color:{colour};font-weight:bold'>"
-            f"{state.state}</span>",
-        )
-        _set(self.bar, "value", state.ended if state.total else 1)
-        _set(self.bar, "bar_style", _BAR_STYLE.get(state.state, ""))
-        _set(self.counts, "value", render.map_counts(state))
-        workers = render.per_worker_text(state.per_worker)
-        _set(self.workers, "value", f"<span style='color:#6c757d'>per worker: {workers}</span>")
-        _set(self.workers.layout, "display", None if workers else _HIDDEN)
-
-    def fallback(self) -> tuple[str, str]:
-        return render.map_text(self.state), render.map_html(self.state)
+    def markup(self, state: render.MapState) -> str:
+        return render.map_html(state)
 
 
 def is_map(handle: Any) -> bool:
