@@ -591,8 +591,9 @@ def test_map_runs_once_per_element_in_parallel_in_input_order(shell):
     assert shell.user_ns["value"] == [105, 101, 104, 102]
     assert result.result == [210, 202, 208, 204]
     assert len(set(shell.user_ns["where"])) == 2  # both workers took elements
-    printed = sorted(line for line in out.splitlines() if line.startswith("item"))
-    assert printed == ["item 1", "item 2", "item 4", "item 5"]
+    # each printed line is marked with its element, as ipyparallel marks engines
+    printed = sorted(line for line in out.splitlines() if "item" in line)
+    assert printed == ["[x=1] item 1", "[x=2] item 2", "[x=4] item 4", "[x=5] item 5"]
     assert "x" not in shell.user_ns
 
 

@@ -406,7 +406,11 @@ class MapFuture:
             entry = self._in_flight.pop(batch, None)
             if entry is None:
                 return
-            start, count, _ = entry
+            # Not the future: item errors get tracebacks rebuilt from here
+            # (core.tracebacks), and their frames keep this frame's locals alive,
+            # which would pin the batch's result on the cluster.
+            start, count = entry[0], entry[1]
+            entry = None
             if batch == self._alone_batch:
                 self._alone_batch = None
             if cancelled or self._stopped and error is not None:

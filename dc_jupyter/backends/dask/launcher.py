@@ -18,6 +18,7 @@ A nanny's worker process follows its nanny on its own (Dask's parent pipe).
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -27,18 +28,22 @@ import time
 GRACE_SECONDS = 5.0  # after SIGTERM, how long Dask gets to close cleanly
 
 
-def _exit_with_parent(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except OSError:
-        pass
+def _remove_leftovers() -> None:
     # Nobody is left to remove the cluster's directory (keys, logs): do it here.
     leftover = os.environ.get("DC_JUPYTER_REMOVE_ON_PARENT_EXIT")
     if leftover:
         import shutil
 
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _exit_with_parent(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass
+    _remove_leftovers()
     os.kill(os.getpid(), signal.SIGTERM)  # Dask's own handler: a clean close
     time.sleep(GRACE_SECONDS)
     os._exit(1)
@@ -69,6 +74,10 @@ def _use_parent_sys_path() -> None:
 
 def main() -> None:
     """Tie this process to the notebook, then run the Dask command in ``sys.argv[1]``."""
+    parent = os.getppid()
+    # The parent-death signal can end Dask before the pipe thread runs: remove
+    # the leftovers on the way out too, when the notebook is gone.
+    atexit.register(lambda: os.getppid() != parent and _remove_leftovers())
     if os.environ.get("DC_JUPYTER_PDEATHSIG") == "1":
         _set_parent_death_signal()
     fd = os.environ.get("DC_JUPYTER_PARENT_FD")
