@@ -149,10 +149,14 @@ class EmbeddedCluster:
                 "--local-directory", str(self.directory / "workers"),
                 "--name", "embedded", *tls,
             ]  # fmt: skip
-            # If the notebook dies without closing us, the scheduler removes the directory.
-            scheduler_env = {**env, "DC_JUPYTER_REMOVE_ON_PARENT_EXIT": str(self.directory)}
+            # If the notebook dies without closing us, the scheduler and the workers'
+            # launcher remove the directory on their way out: whichever ends last
+            # (a nanny may still write scratch files after the scheduler is gone).
+            remove = {"DC_JUPYTER_REMOVE_ON_PARENT_EXIT": str(self.directory)}
+            scheduler_env = {**env, **remove}
             self._spawn("scheduler", scheduler_args, scheduler_env, str(self.directory), read_end)
-            self._spawn("worker", worker_args, _worker_env(env), cwd=self.cwd, fd=read_end)
+            worker_env = {**_worker_env(env), **remove}
+            self._spawn("worker", worker_args, worker_env, cwd=self.cwd, fd=read_end)
         finally:
             os.close(read_end)  # the children hold it now
         deadline = time.monotonic() + timeout

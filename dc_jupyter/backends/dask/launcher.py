@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -32,8 +33,6 @@ def _remove_leftovers() -> None:
     # Nobody is left to remove the cluster's directory (keys, logs): do it here.
     leftover = os.environ.get("DC_JUPYTER_REMOVE_ON_PARENT_EXIT")
     if leftover:
-        import shutil
-
         shutil.rmtree(leftover, ignore_errors=True)
 
 
