@@ -63,21 +63,21 @@ def kernel(lone):
         km.shutdown_kernel(now=True)
 
 
-def execute(kc, code: str, interrupt_after: float | None = None, km=None, timeout: float = 60):
+def execute(kc, code: str, interrupt_when=None, km=None, timeout: float = 60):
     """Run ``code``; return (execute_reply content, iopub messages of that request).
 
-    With ``interrupt_after``, interrupt the kernel that many seconds after the
-    cell started, as the notebook's stop button does; the time it was sent is
-    then ``messages[0]["interrupted_at"]`` and the end ``messages[-1]["idle_at"]``.
+    With ``interrupt_when`` (a callable), interrupt the kernel once it returns
+    True, as the notebook's stop button does; the time it was sent is then
+    ``messages[0]["interrupted_at"]`` and the end ``messages[-1]["idle_at"]``.
     """
     msg_id = kc.execute(code)
     started = time.monotonic()
-    interrupted = interrupt_after is None
+    interrupted = interrupt_when is None
     interrupted_at = None
     messages = []
     deadline = started + timeout
     while True:
-        if not interrupted and time.monotonic() - started >= interrupt_after:
+        if not interrupted and interrupt_when():
             km.interrupt_kernel()
             interrupted, interrupted_at = True, time.monotonic()
         try:
@@ -136,6 +136,25 @@ def cell_is_running(client) -> bool:
     return any(str(k).startswith("cell-") for keys in client.processing().values() for k in keys)
 
 
+def running_for(client, seconds: float):
+    """A condition: true once a cell has been running on the worker for ``seconds``.
+
+    Interrupting at a fixed time after the cell started would, on a slow first
+    connect (2.3 s with distributed 2024.8), interrupt the connect instead of
+    the running cell this module is about.
+    """
+    since = None
+
+    def check() -> bool:
+        nonlocal since
+        if since is None:
+            since = time.monotonic() if cell_is_running(client) else None
+            return False
+        return time.monotonic() - since >= seconds
+
+    return check
+
+
 @pytest.mark.parametrize(
     "cell",
     [BUSY_LOOP.format(options=""), SHORT_SLEEPS.format(options=""),
@@ -145,7 +164,7 @@ def cell_is_running(client) -> bool:
 )  # fmt: skip
 def test_interrupt_stops_the_running_cell_on_the_worker(kernel, lclient, cell):
     km, kc = kernel
-    reply, messages = execute(kc, cell, interrupt_after=2.0, km=km)
+    reply, messages = execute(kc, cell, interrupt_when=running_for(lclient, 1.0), km=km)
     ended = time.monotonic()
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
     stopped_after = messages[-1]["idle_at"] - messages[0]["interrupted_at"]
