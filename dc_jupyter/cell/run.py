@@ -21,10 +21,9 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from dc_jupyter.backends.dask.backend import DaskBackend
 from dc_jupyter.cell.analysis import CellAnalysis, analyze_cell
 from dc_jupyter.cell.futures import CellFuture, SweepFuture
-from dc_jupyter.cell.output import CellOutput
+from dc_jupyter.core import output as live_output
 from dc_jupyter.core import pickling
 from dc_jupyter.core.function import JobOptions, RemoteFunction
 from dc_jupyter.core.futures import format_exception_summary
@@ -39,9 +38,10 @@ __all__ = ["CellOptions", "run_cell"]
 
 pickling.cloudpickle.register_pickle_by_value(remote_cell)
 
-#: Provided on the worker (``remote_cell.WorkerShell``), never shipped.
-_PROVIDED_ON_WORKER = frozenset({"get_ipython"})
-_POLL = 0.05  # seconds between output pumps while waiting
+#: Provided on the worker (``remote_cell.WorkerShell``; ``display`` by
+#: ``remote.output``, as IPython provides it), never shipped.
+_PROVIDED_ON_WORKER = frozenset({"get_ipython", "display"})
+_POLL = 0.05  # seconds between checks while waiting
 
 
 @dataclass(frozen=True)
@@ -72,28 +72,31 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
     plan = _plan(shell, cell, options, header)
     remote = RemoteFunction(remote_cell.run_cell, _job_options(options))
     remote.__name__ = "cell"  # Dask keys: cell-<id>, cell-map-<token>-<batch>
-    backend = remote.backend()
-    client = backend.client() if isinstance(backend, DaskBackend) else None
     cell_id = f"cell-{uuid.uuid4().hex}"
     args = plan.worker_args(cell_id)
     label = _label(shell, options)
+    # Output streams like any job's (``core.output``); an --async cell's goes into
+    # a display of its own, since its cell has ended when it arrives.
+    own_display = live_output.output_display() if options.run_async else None
     if options.map_name is None:
         job = remote(*args)
         job.key = cell_id
-        output = _listen(client, cell_id, 1, options.run_async)
-        handle = CellFuture.adopt(
-            _submit(job, output), label, options.run_async, plan.analysis.has_result
-        )
+        inner = job.submit()
+        handle = CellFuture.adopt(inner, label, options.run_async, plan.analysis.has_result)
+        output = getattr(inner, "output", None)
     else:
         # One item per element; the map batches them like any map (one element
         # per task until it has measured that they are quick).
         n = len(plan.elements)
         columns = [[a] * n for a in args] + [range(n), [options.map_name] * n, plan.elements]
         prefixes = [_element_prefix(options.map_name, e) for e in plan.elements]
-        output = _listen(client, cell_id, n, options.run_async, prefixes)
-        handle = SweepFuture(
-            _submit(MapJob(remote, tuple(columns)), output), label, options.run_async
-        )
+        sweep = MapJob(remote, tuple(columns))
+        sweep.item_prefix = prefixes.__getitem__
+        inner = sweep.submit()
+        handle = SweepFuture(inner, label, options.run_async)
+        output = inner._output
+    if output is not None and own_display is not None:
+        output.target.handle = own_display
     if options.out:
         shell.user_ns[options.out] = handle
     if options.run_async:
@@ -266,30 +269,13 @@ def _job_options(options: CellOptions) -> JobOptions:
 # -- sending and waiting ---------------------------------------------------------------
 
 
-def _listen(
-    client: Any, cell_id: str, parts: int, direct: bool, prefixes: list[str] | None = None
-) -> CellOutput | None:
-    if client is None:
-        return None  # in-process: the cell prints straight into this cell
-    return CellOutput(cell_id, parts, direct=direct, prefixes=prefixes).attach(client)
-
-
 def _element_prefix(name: str, element: Any) -> str:
     """``[p=2] ``: what each printed line of a sweep's element starts with."""
     return f"[{name}={short_repr(element, 24)}] "
 
 
-def _submit(job: Any, output: CellOutput | None) -> Any:
-    try:
-        return job.submit()
-    except BaseException:
-        if output is not None:
-            output.detach()
-        raise
-
-
-def _wait(handle: Any, output: CellOutput | None, timeout: float | None) -> None:
-    """Wait for ``handle``, writing the cell's output as it arrives."""
+def _wait(handle: Any, output: live_output.Listener | None, timeout: float | None) -> None:
+    """Wait for ``handle``; its output is written as it arrives (``core.output``)."""
     __tracebackhide__ = True
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
@@ -300,19 +286,12 @@ def _wait(handle: Any, output: CellOutput | None, timeout: float | None) -> None
                     f"The cell did not finish within {timeout:g} s; its remote work was "
                     "cancelled. Raise --timeout if it needs longer."
                 )
-            if output is not None:
-                output.pump()
-                output.wait(_POLL)
-            else:
-                time.sleep(_POLL)
+            time.sleep(_POLL)
     except BaseException:  # KeyboardInterrupt included: stop the remote work
         handle.cancel()
-        if output is not None:
-            output.pump()
-            output.detach()
         raise
     if output is not None:
-        output.finish()
+        output.wait_written()
 
 
 def _outcome(plan: _Plan, handle: Any) -> dict:
@@ -455,12 +434,12 @@ class _AsyncTimeout:
 
 
 def _finish_async(
-    shell: Any, plan: _Plan, handle: Any, output: CellOutput | None, timer: _AsyncTimeout
+    shell: Any, plan: _Plan, handle: Any, output: live_output.Listener | None, timer: _AsyncTimeout
 ) -> None:
     timer.stop()
     try:
         if output is not None:
-            output.finish()
+            output.wait_written()
         if timer.expired:
             print(
                 f"%%distribute --async cell did not finish within {timer.timeout:g} s; its "

@@ -120,6 +120,9 @@ class JobFuture:
         """
         __tracebackhide__ = True  # IPython: show the remote frames, not this plumbing
         self._settle(timeout)
+        output = getattr(self, "output", None)
+        if output is not None:  # its prints come before its value
+            output.wait_written()
         if self._error is not None:
             # Always with the traceback it came with: each raise adds the frames
             # it passes through, and an earlier raise (a widget's) must not show.

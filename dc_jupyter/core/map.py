@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dc_jupyter import config
 from dc_jupyter.config import seconds
-from dc_jupyter.core import observe, pickling
+from dc_jupyter.core import observe, output, pickling
 from dc_jupyter.core.batching import BatchSizer, check_items
 from dc_jupyter.core.futures import _strip_plumbing
 from dc_jupyter.core.job import contains_job, wait_or_cancel
@@ -46,6 +46,8 @@ class MapJob:
                     f"not {type(iterable).__name__}"
                 ) from None
         self.function = function
+        #: What each line an item prints starts with (default ``[item 3] ``).
+        self.item_prefix: Callable[[int], str] | None = None
         self.items: list[tuple] = take_items(
             zip(*iterables, strict=False), f"{function.__name__}.map()"
         )
@@ -90,6 +92,7 @@ class MapJob:
             channel=backend.open_map(function_blob, self.function.options, self.name),
             slots=backend.slots(),
             bytes_per_item=bytes_per_item,
+            item_prefix=self.item_prefix,
         )
 
     def compute(self, timeout: float | None = None, errors: str = "raise") -> list[Any]:
@@ -110,6 +113,10 @@ class MapJob:
 
     def __repr__(self) -> str:
         return f"<MapJob {self.name} over {len(self)} items, not sent>"
+
+
+def _item_prefix(index: int) -> str:
+    return f"[item {index}] "
 
 
 def take_items(iterable: Iterable, what: str, error: type[Exception] = ValueError) -> list:
@@ -171,6 +178,7 @@ class MapFuture:
         channel: BatchChannel,
         slots: int,
         bytes_per_item: float = 0.0,
+        item_prefix: Callable[[int], str] | None = None,
     ) -> None:
         self.name = name
         self.started_at = time.monotonic()
@@ -208,6 +216,14 @@ class MapFuture:
         self._ready: list[tuple[int, Any]] = []  # finished Dask batches not fetched yet
         self._ready_event = threading.Event()
         self._callbacks: list[Callable[[MapFuture], Any]] = []
+        # Output of the batches (keys <name>-map-<token>-<n>), each line marked with its item.
+        self._output = output.open_output(
+            getattr(channel, "client", None),
+            f"{name}-map-{self._token}",
+            locate=self._item_of,
+            prefix=item_prefix or _item_prefix,
+            max_lines=output.MAP_MAX_LINES,
+        )
         if not items:
             self._finish()
         else:
@@ -458,7 +474,15 @@ class MapFuture:
         self._alone.append(start)
         return True
 
+    def _item_of(self, batch: int, position: int) -> int | None:
+        """The index of the item at ``position`` of ``batch`` (while it is in flight)."""
+        with self._lock:
+            entry = self._in_flight.get(batch)
+        return None if entry is None else entry[0] + position
+
     def _finish(self) -> None:
+        if self._output is not None:
+            self._output.finish()
         self._stopped = True
         self._finished.set()
         channel, self._channel = self._channel, None
@@ -533,6 +557,8 @@ class MapFuture:
         except KeyboardInterrupt:
             self.cancel()
             raise
+        if self._output is not None:  # its prints come before its value
+            self._output.wait_written()
         with self._lock:
             failed = dict(self._errors)
             tbs = dict(self._error_tbs)

@@ -6,28 +6,22 @@ travel by value too) here; ``distributed`` only lazily,
 inside functions, since every Dask worker has it and the local backend may not
 run on one.
 
-While the cell runs on a Dask worker, ``sys.stdout``/``sys.stderr`` writes
-from the thread running it are buffered and sent to the notebook as Dask
-events on ``OUTPUT_TOPIC`` at most every ``FLUSH_INTERVAL`` seconds
-(coalesced, so a print loop does not flood), ending with a ``final`` message
-that tells the notebook all output has been sent.
+The cell's output (prints, ``display()``, figures, warnings, log records)
+is sent to the notebook by the task running it (``remote.output``, used by
+``remote.job.run_job`` and ``run_batch``), as for any job.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
-import os
 import sys
-import threading
 
 import cloudpickle
 
 # Functions, not the module: only what the cell uses travels (by value) with it.
 from dc_jupyter.remote.job import dumps_keeping_filenames, type_name
 
-OUTPUT_TOPIC = "dc_jupyter-cell-output"
-FLUSH_INTERVAL = 0.1
 PICKLE_PROTOCOL = 5
 
 
@@ -60,12 +54,13 @@ def run_cell(
         namespace["get_ipython"] = lambda: shell
     tree = ast.parse(source, filename)
     last = tree.body.pop() if has_result and tree.body else None
-    with _forwarding_output(cell_id, part):
-        exec(compile(tree, filename, "exec"), namespace)
-        result = None
-        if last is not None:
-            expression = ast.Expression(last.value)
-            result = eval(compile(expression, filename, "eval"), namespace)
+    # Output is forwarded by the task around this (``remote.output``, from
+    # ``run_job`` / ``run_batch``), and ``display`` is a builtin there.
+    exec(compile(tree, filename, "exec"), namespace)
+    result = None
+    if last is not None:
+        expression = ast.Expression(last.value)
+        result = eval(compile(expression, filename, "eval"), namespace)
     if send_all:
         skip = {sweep_name, "get_ipython"}
         names = [n for n in namespace if not n.startswith("__") and n not in skip]
@@ -110,151 +105,6 @@ def _dump_outcome(outcome: dict) -> bytes:
             del outcome["values"][name]
     outcome["skipped"] = skipped
     return _dumps(outcome)
-
-
-# -- live output ---------------------------------------------------------------------
-
-
-class _ThreadRouter:
-    """Stands in for ``sys.stdout``/``sys.stderr``: writes from registered threads go to
-    their own sink, everything else to the original stream."""
-
-    dc_jupyter_router = True  # duck-typed: each shipped copy of this module has its own class
-
-    def __init__(self, original) -> None:
-        self.original = original
-        self.sinks: dict[int, object] = {}
-
-    def write(self, text: str) -> int:
-        sink = self.sinks.get(threading.get_ident())
-        return (sink if sink is not None else self.original).write(text)
-
-    def flush(self) -> None:
-        sink = self.sinks.get(threading.get_ident())
-        if sink is None:
-            self.original.flush()
-
-    def __getattr__(self, name: str):
-        return getattr(self.original, name)
-
-
-class _Sink:
-    def __init__(self, forwarder: _Forwarder, stream: str) -> None:
-        self.forwarder = forwarder
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        self.forwarder.add(self.stream, text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-
-class _Forwarder:
-    """Buffers a cell's output and sends it as events, coalesced in time."""
-
-    def __init__(self, worker, cell_id: str, part: int) -> None:
-        self.worker = worker
-        self.cell_id = cell_id
-        self.part = part
-        self.attempt = os.urandom(8).hex()  # a retried run starts its sequence again
-        self.seq = 0
-        self.pending: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(
-            target=self._run, name=f"dc_jupyter-output-{cell_id}", daemon=True
-        )
-
-    def add(self, stream: str, text: str) -> None:
-        with self.lock:
-            if self.pending and self.pending[-1][0] == stream:
-                self.pending[-1] = (stream, self.pending[-1][1] + text)
-            else:
-                self.pending.append((stream, text))
-
-    def send_pending(self) -> None:
-        with self.lock:
-            chunks, self.pending = self.pending, []
-            for stream, text in chunks:
-                self._send({"stream": stream, "text": text})
-
-    def _send(self, fields: dict) -> None:
-        # under self.lock: sequence numbers leave in order
-        message = {
-            "cell": self.cell_id,
-            "part": self.part,
-            "attempt": self.attempt,
-            "seq": self.seq,
-            **fields,
-        }
-        self.seq += 1
-        self.worker.log_event(OUTPUT_TOPIC, message)
-
-    def _run(self) -> None:
-        while not self.stop.wait(FLUSH_INTERVAL):
-            self.send_pending()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.send_pending()
-        with self.lock:
-            self._send({"final": True})
-
-
-def _current_worker():
-    try:
-        from distributed import get_worker
-
-        return get_worker()
-    except (ImportError, ValueError):
-        return None  # local backend: print straight to this process's streams
-
-
-def _install_routers() -> tuple:
-    # One lock for every shipped copy of this module in the process.
-    lock = sys.__dict__.setdefault("_dc_jupyter_router_lock", threading.Lock())
-    with lock:
-        for name in ("stdout", "stderr"):
-            if not getattr(getattr(sys, name), "dc_jupyter_router", False):
-                setattr(sys, name, _ThreadRouter(getattr(sys, name)))
-        return sys.stdout, sys.stderr
-
-
-class _forwarding_output:
-    """Context manager: route this thread's output to the notebook while the cell runs."""
-
-    def __init__(self, cell_id: str, part: int) -> None:
-        self.cell_id = cell_id
-        self.part = part
-        self.forwarder = None
-
-    def __enter__(self):
-        worker = _current_worker()
-        if worker is None:
-            return self
-        self.forwarder = _Forwarder(worker, self.cell_id, self.part)
-        self.routers = _install_routers()
-        ident = threading.get_ident()
-        for router, stream in zip(self.routers, ("stdout", "stderr"), strict=True):
-            router.sinks[ident] = _Sink(self.forwarder, stream)
-        self.forwarder.thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.forwarder is None:
-            return
-        ident = threading.get_ident()
-        for router in self.routers:
-            router.sinks.pop(ident, None)
-        self.forwarder.close()
 
 
 # -- IPython syntax inside the cell ----------------------------------------------------

@@ -23,6 +23,16 @@ import types
 import cloudpickle
 
 PICKLE_PROTOCOL = 5
+#: Where ``remote/output.py`` lives in this process: ``backends.dask.install``
+#: installs it under a hashed name and rewrites this line to match.
+OUTPUT_MODULE = "dc_jupyter.remote.output"
+
+
+def _output():
+    """The worker-side output module (see ``OUTPUT_MODULE``)."""
+    import importlib
+
+    return importlib.import_module(OUTPUT_MODULE)
 
 
 class Dep:
@@ -178,7 +188,7 @@ def run_job(payload: bytes, *dep_blobs: bytes) -> bytes:
     thousands of frames deep.
     """
     error = None
-    with running_task():
+    with running_task(), _output().forwarding():  # prints etc. reach the notebook, live
         try:
             name, result = call_payload(payload, dep_blobs)
         except BaseException as exc:
@@ -506,8 +516,11 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered, item_retries:
     values = [None] * len(items)
     errors = {}
     clock = time.perf_counter()
-    with running_task():  # cancel / Ctrl-C / timeout stop the batch mid-item
+    output = _output()
+    # cancel / Ctrl-C / timeout stop the batch mid-item; output is marked with its item
+    with running_task(), output.forwarding(limit=output.BATCH_LIMIT) as forwarding:
         for position, args in enumerate(items):
+            forwarding.set_part(position)
             for attempt in range(item_retries + 1):
                 try:
                     values[position] = func(*args)

@@ -51,6 +51,33 @@ class InstallOnScheduler(SchedulerPlugin):
         install_module(self.module_name, self.source)
 
 
+class ForgetOutputEvents(SchedulerPlugin):
+    """Drops the output events of ``topic`` from the scheduler's log once passed on.
+
+    Dask keeps every event it relays (``client.get_events``): a cell printing
+    50 MB would leave 50 MB there, readable by any client. The scheduler calls
+    this hook right after sending the event to its subscribers.
+    """
+
+    idempotent = True
+
+    def __init__(self, topic: str) -> None:
+        self.name = f"forget-{topic}"
+        self.topic = topic
+        self.scheduler = None
+
+    async def start(self, scheduler) -> None:
+        self.scheduler = scheduler
+
+    def log_event(self, topic: str, msg) -> None:
+        if topic == self.topic and self.scheduler is not None:
+            broker = getattr(self.scheduler, "_broker", None)  # distributed >= 2024.2
+            if broker is not None:
+                broker.truncate(topic)
+            else:
+                self.scheduler.events.get(topic, []).clear()
+
+
 class OneTaskPerWorker(WorkerPlugin):
     """Gives each worker one unit of ``resource``, so one task needing it runs at a time.
 

@@ -15,6 +15,7 @@ from dc_jupyter import config
 from dc_jupyter.backends.base import Backend, BatchChannel
 from dc_jupyter.backends.dask import connection, install
 from dc_jupyter.backends.dask.errors import translate_backend_error
+from dc_jupyter.core import output
 from dc_jupyter.core.futures import JobFuture
 from dc_jupyter.remote import job as remote_job
 from dc_jupyter.remote import plugins
@@ -248,16 +249,22 @@ class DaskBackend(Backend):
                 args.append(_scatter(client, value, f"{job.name}-arg-{uuid.uuid4().hex}"))
             else:
                 args.append(value)
-        future = client.submit(
-            install.installed_on(client).run_job,
-            payload,
-            *args,
-            key=job.key,
-            pure=False,
-            retries=opts.retries or None,
-            **self.restrictions(client, opts.resources),
-        )
-        return JobFuture(
+        module = install.installed_on(client)
+        listener = output.open_output(client, job.key)  # before the task can print
+        try:
+            future = client.submit(
+                module.run_job,
+                payload,
+                *args,
+                key=job.key,
+                pure=False,
+                retries=opts.retries or None,
+                **self.restrictions(client, opts.resources),
+            )
+        except BaseException:
+            listener.finish()
+            raise
+        handle = JobFuture(
             future,
             name=job.name,
             key=job.key,
@@ -265,6 +272,9 @@ class DaskBackend(Backend):
             canceller=canceller_for(client),
             translate=translate_backend_error,
         )
+        handle.output = listener
+        future.add_done_callback(lambda _: listener.finish())
+        return handle
 
     def slots(self) -> int:
         nthreads = self.client().nthreads()

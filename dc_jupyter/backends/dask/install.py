@@ -25,9 +25,23 @@ from types import ModuleType
 from typing import Any
 
 from dc_jupyter.remote import job as remote_job
+from dc_jupyter.remote import output as remote_output
 from dc_jupyter.remote import plugins
 
-_SOURCE = Path(remote_job.__file__).read_bytes()
+# remote/output.py goes along under a hashed name of its own, which the job
+# module's OUTPUT_MODULE line is rewritten to name (same line count, so the
+# worker's line numbers stay those of the file).
+_OUTPUT_SOURCE = Path(remote_output.__file__).read_bytes()
+OUTPUT_MODULE_NAME = f"dc_jupyter_output_{hashlib.sha1(_OUTPUT_SOURCE).hexdigest()[:12]}"
+_SOURCE = (
+    Path(remote_job.__file__)
+    .read_bytes()
+    .replace(
+        b'OUTPUT_MODULE = "dc_jupyter.remote.output"',
+        f'OUTPUT_MODULE = "{OUTPUT_MODULE_NAME}"'.encode(),
+        1,
+    )
+)
 MODULE_NAME = f"dc_jupyter_worker_{hashlib.sha1(_SOURCE).hexdigest()[:12]}"
 
 _lock = threading.Lock()
@@ -41,6 +55,7 @@ def local_module() -> ModuleType:
     module = sys.modules.get(MODULE_NAME)
     if module is None:
         with _lock:
+            plugins.install_module(OUTPUT_MODULE_NAME, _OUTPUT_SOURCE)
             plugins.install_module(MODULE_NAME, _SOURCE)
             module = sys.modules[MODULE_NAME]
     return module
@@ -57,6 +72,9 @@ def installed_on(client: Any) -> ModuleType:
         with _lock:
             if _installed.get(client) != scheduler_id:
                 client.register_plugin(plugins.InstallOnScheduler(MODULE_NAME, _SOURCE))
+                client.register_plugin(plugins.InstallOnWorkers(OUTPUT_MODULE_NAME, _OUTPUT_SOURCE))
                 client.register_plugin(plugins.InstallOnWorkers(MODULE_NAME, _SOURCE))
+                # Output events are forgotten by the scheduler once passed on.
+                client.register_plugin(plugins.ForgetOutputEvents(remote_output.OUTPUT_TOPIC))
                 _installed[client] = scheduler_id
     return module

@@ -1,0 +1,344 @@
+"""Notebook side of the work's live output: prints, displays, warnings, logs.
+
+Workers send output as Dask events (``remote.output``), tagged with the
+task's key (or a cell's id). Each job, map and cell opens a ``Listener``
+before it is sent; one subscription per client hands each event to its
+listener, and one writer thread writes them out, in order:
+
+- in a Jupyter kernel, as ``stream`` and ``display_data`` messages whose
+  parent is the cell that started the work (ipykernel's thread parent), so
+  they land in that cell even when another cell runs by then;
+- ``--async`` cells (``keep_in=...``) write into a display of their own cell
+  that is updated as output arrives, since their cell has ended;
+- in terminal IPython and scripts, on stdout/stderr (rich output as text).
+
+A map's lines start with their item (``[item 3] ``, or a sweep's ``[p=2] ``),
+and at most ``max_lines`` lines of a map are shown; the rest are counted and
+reported at the end, with what workers dropped over their own cap.
+"""
+
+from __future__ import annotations
+
+import html
+import queue
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from dc_jupyter.remote.output import OUTPUT_TOPIC
+
+#: Lines of one map shown in the notebook; the rest are counted, not shown.
+MAP_MAX_LINES = 1000
+#: How long a finished job waits for its output to be written (normally at once).
+WRITE_TIMEOUT = 10.0
+
+_lock = threading.Lock()
+_listeners: dict[str, Listener] = {}
+_subscribed: weakref.WeakSet = weakref.WeakSet()
+_queue: queue.SimpleQueue = queue.SimpleQueue()
+_writer: threading.Thread | None = None
+
+
+def open_output(
+    client: Any,
+    ident: str,
+    *,
+    locate: Callable[[int, int], int | None] | None = None,
+    prefix: Callable[[int], str] | None = None,
+    max_lines: int | None = None,
+    keep_in: Any = None,
+) -> Listener | None:
+    """Start receiving the output of the work ``ident`` (a task key, or a map's key
+    prefix with ``locate(batch, position) -> item``); None without a Dask client."""
+    if client is None:
+        return None  # in-process backends print straight into the cell
+    listener = Listener(ident, locate, prefix, max_lines, keep_in)
+    with _lock:
+        _listeners[ident] = listener
+        subscribe = client not in _subscribed
+        if subscribe:
+            _subscribed.add(client)
+    if subscribe:
+        # Events travel on the same ordered stream as the task's completion, so
+        # a task's output has arrived by the time it is done.
+        client.subscribe_topic(OUTPUT_TOPIC, _on_event)
+    return listener
+
+
+def _on_event(event: Any) -> None:
+    _timestamp, message = event
+    if not isinstance(message, dict):
+        return
+    key = str(message.get("id", ""))
+    with _lock:
+        listener = _listeners.get(key)
+        batch = None
+        if listener is None and "-" in key:  # a map's batch: <name>-map-<token>-<batch>
+            prefix, _, number = key.rpartition("-")
+            listener = _listeners.get(prefix)
+            batch = int(number) if number.isdigit() else None
+    if listener is not None:
+        listener.receive(message, batch)
+
+
+class Listener:
+    """One job's, map's or cell's output on its way to the notebook."""
+
+    def __init__(
+        self,
+        ident: str,
+        locate: Callable[[int, int], int | None] | None,
+        prefix: Callable[[int], str] | None,
+        max_lines: int | None,
+        keep_in: Any,
+    ) -> None:
+        self.ident = ident
+        self.locate = locate
+        self.prefix = prefix
+        self.max_lines = max_lines
+        self.lines = 0
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+        self.target = _Target.capture(keep_in)
+        self._line_start: dict[tuple[int, str], bool] = {}
+        self._received = 0
+        self._state = threading.Condition()
+        self._written = 0
+        self._closed = threading.Event()
+        self._closing = False
+
+    # -- receiving (the client's event loop) -------------------------------
+    def receive(self, message: dict, batch: int | None) -> None:
+        part = message.get("part", 0)
+        if batch is not None and self.locate is not None:
+            part = self.locate(batch, part)  # now: the batch is still in flight
+            if part is None:
+                return
+        with self._state:
+            self._received += 1
+        _enqueue(self, {**message, "part": part})
+
+    def finish(self) -> None:
+        """The work is done: write what came, then the notes, then stop listening."""
+        with self._state:
+            if self._closing:
+                return
+            self._closing = True
+            silent = self._received == 0
+        if silent:  # the common case: nothing printed, no thread involved
+            self._close()
+        else:
+            _enqueue(self, None)
+
+    def wait_written(self, timeout: float = WRITE_TIMEOUT) -> None:
+        """Block until everything received so far is written (after ``finish``: all)."""
+        if self._closing:
+            self._closed.wait(timeout)
+            return
+        with self._state:
+            self._state.wait_for(lambda: self._written >= self._received, timeout)
+
+    def _close(self) -> None:
+        with _lock:
+            if _listeners.get(self.ident) is self:
+                del _listeners[self.ident]
+        self._closed.set()
+
+    # -- writing (the writer thread) ---------------------------------------
+    def write(self, message: dict | None) -> None:
+        if message is None:
+            self._write_notes()
+            self.target.flush()
+            self._close()
+            return
+        try:
+            if message.get("final"):
+                self.dropped_bytes += int(message.get("dropped", 0))
+            elif "display" in message:
+                if self._room(1):
+                    self.target.display(message["display"], message.get("metadata") or {})
+            elif "text" in message:
+                text = self._prefixed(message)
+                if text:
+                    self.target.stream(message.get("stream", "stdout"), text)
+        finally:
+            with self._state:
+                self._written += 1
+                self._state.notify_all()
+
+    def _room(self, lines: int) -> bool:
+        if self.max_lines is not None and self.lines + lines > self.max_lines:
+            self.dropped_lines += lines
+            return False
+        self.lines += lines
+        return True
+
+    def _prefixed(self, message: dict) -> str:
+        """The text with the item's prefix at the start of each line, within the cap."""
+        text = message["text"]
+        part = message.get("part", 0)
+        prefix = self.prefix(part) if self.prefix is not None else ""
+        key = (part, message.get("stream", "stdout"))
+        at_start = self._line_start.get(key, True)
+        out = []
+        for line in text.splitlines(keepends=True):
+            if at_start and not self._room(1):
+                at_start = line.endswith(("\n", "\r"))
+                continue
+            out.append(prefix + line if at_start else line)
+            at_start = line.endswith(("\n", "\r"))
+        self._line_start[key] = at_start
+        return "".join(out)
+
+    def _write_notes(self) -> None:
+        notes = []
+        if self.dropped_lines:
+            notes.append(
+                f"{self.dropped_lines:,} more lines were not shown (at most "
+                f"{self.max_lines:,} lines of a map's output are)"
+            )
+        if self.dropped_bytes:
+            notes.append(
+                f"{self.dropped_bytes:,} bytes were dropped on the workers (each task sends "
+                "at most 2 MB, a map's batch 100 kB)"
+            )
+        if notes:
+            text = (
+                f"dc_jupyter: output truncated: {'; '.join(notes)}. Write large output to a file.\n"
+            )
+            self.target.stream("stderr", text)
+
+
+def _enqueue(listener: Listener, message: dict | None) -> None:
+    global _writer
+    _queue.put((listener, message))
+    if _writer is None or not _writer.is_alive():
+        with _lock:
+            if _writer is None or not _writer.is_alive():
+                _writer = threading.Thread(
+                    target=_write_loop, name="dc_jupyter-output-writer", daemon=True
+                )
+                _writer.start()
+
+
+def _write_loop() -> None:
+    while True:
+        listener, message = _queue.get()
+        try:
+            listener.write(message)
+        except Exception:  # a broken stream must not stop other work's output
+            import logging
+
+            logging.getLogger(__name__).exception("dc_jupyter: could not write output")
+        if _queue.empty():
+            for target in _Target.dirty():
+                target.flush()
+
+
+# -- where output goes ---------------------------------------------------------------------
+
+
+class _Target:
+    """The cell output goes to: its stream/display messages, or a display of its own."""
+
+    _dirty: weakref.WeakSet = weakref.WeakSet()
+
+    def __init__(self, shell: Any, parent: Any, handle: Any) -> None:
+        self.shell = shell
+        self.parent = parent
+        self.handle = handle  # --async: a display updated with everything so far
+        self.parts: list[tuple[str, Any]] = []
+
+    @classmethod
+    def capture(cls, keep_in: Any) -> _Target:
+        """Where the calling cell's output goes, remembered for other threads."""
+        shell = _shell()
+        parent = None
+        if shell is not None and hasattr(shell, "set_thread_parent"):
+            parent = getattr(shell, "parent_header", None)
+        return cls(shell, parent, keep_in)
+
+    @classmethod
+    def dirty(cls) -> list[_Target]:
+        found = list(cls._dirty)
+        cls._dirty = weakref.WeakSet()
+        return found
+
+    def _as_parent(self) -> None:
+        if self.parent is not None:
+            self.shell.set_thread_parent(self.parent)
+
+    def stream(self, name: str, text: str) -> None:
+        if self.handle is not None:
+            self._keep(("stream", text))
+            return
+        self._as_parent()
+        stream = sys.stderr if name == "stderr" else sys.stdout
+        stream.write(text)
+        stream.flush()  # before a display that follows: keep the order
+
+    def display(self, data: dict, metadata: dict) -> None:
+        if self.handle is not None:
+            self._keep(("display", data))
+            return
+        self._as_parent()
+        if self.shell is None:
+            print(data.get("text/plain", ""))
+            return
+        from IPython.display import display
+
+        display(data, raw=True, metadata=metadata)
+
+    def _keep(self, part: tuple[str, Any]) -> None:
+        self.parts.append(part)
+        _Target._dirty.add(self)
+
+    def flush(self) -> None:
+        """``--async``: show everything so far in the cell's own display."""
+        if self.handle is None or not self.parts:
+            return
+        self._as_parent()
+        self.handle.update(_bundle(self.parts), raw=True)
+
+
+def _bundle(parts: list[tuple[str, Any]]) -> dict:
+    """Text and rich outputs as one bundle: HTML for notebooks, text for the rest."""
+    texts, pieces = [], []
+    for kind, value in parts:
+        if kind == "stream":
+            texts.append(value)
+            pieces.append(f"<pre>{html.escape(value)}</pre>")
+            continue
+        texts.append(value.get("text/plain", "") + "\n")
+        if "text/html" in value:
+            pieces.append(value["text/html"])
+        elif "image/png" in value:
+            pieces.append(f'<img src="data:image/png;base64,{value["image/png"]}">')
+        elif "image/jpeg" in value:
+            pieces.append(f'<img src="data:image/jpeg;base64,{value["image/jpeg"]}">')
+        elif "image/svg+xml" in value:
+            pieces.append(value["image/svg+xml"])
+        else:
+            pieces.append(f"<pre>{html.escape(value.get('text/plain', ''))}</pre>")
+    return {"text/plain": "".join(texts), "text/html": "".join(pieces)}
+
+
+def _shell() -> Any:
+    if "IPython" not in sys.modules:
+        return None
+    from IPython import get_ipython
+
+    return get_ipython()
+
+
+def output_display() -> Any:
+    """A display in the running cell for output that arrives after it ended
+    (``--async``), or None outside a Jupyter kernel."""
+    shell = _shell()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return None
+    from IPython.display import display
+
+    return display({"text/plain": ""}, raw=True, display_id=True)
