@@ -299,8 +299,14 @@ class _Target:
         """``--async``: show everything so far in the cell's own display."""
         if self.handle is None or not self.parts:
             return
-        self._as_parent()
-        self.handle.update(_bundle(self.parts), raw=True)
+        # An update travels with the parent of the cell running NOW (a thread
+        # that never set one gets the kernel's global parent): front ends (and
+        # nbclient) apply display updates they receive for the running cell.
+        updater = threading.Thread(
+            target=self.handle.update, args=(_bundle(self.parts),), kwargs={"raw": True}
+        )
+        updater.start()
+        updater.join()
 
 
 def _bundle(parts: list[tuple[str, Any]]) -> dict:

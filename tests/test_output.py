@@ -1,0 +1,193 @@
+"""Output of the work comes back live (issue 16) and is not kept on the scheduler (17).
+
+Against real ``dask scheduler``/``dask worker`` processes whose workers cannot
+import dc_jupyter: a real kernel (nbclient) for what a notebook shows (mime
+types, order, which cell), and the in-process IPython shell for terminals.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import ipython_shell
+from IPython.utils.capture import capture_output
+from nbclient import NotebookClient
+
+WORKTREE = str(Path(__file__).resolve().parent.parent)
+
+FUNCTION = """\
+from dc_jupyter import compute_this
+import logging, warnings
+from IPython.display import HTML
+
+@compute_this()
+def noisy(x):
+    print('hello', x)
+    warnings.warn('careful')
+    logging.getLogger('mine').warning('logged %s', x)
+    display(HTML(f'<b>bold {x}</b>'))
+    print('bye', x)
+    return x + 1
+"""
+
+
+def run_notebook(cells: list[str], cluster) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True)
+    env = {
+        **os.environ,
+        "DASK_SCHEDULER_ADDRESS": cluster.address,
+        "PYTHONPATH": os.pathsep.join(filter(None, [WORKTREE, os.environ.get("PYTHONPATH")])),
+    }
+    client.execute(env=env)
+    return nb
+
+
+def kinds(cell) -> list[str]:
+    """Each output as ``stdout:text``, ``stderr:text``, ``display:mimes`` or ``result``."""
+    shown = []
+    for out in cell.outputs:
+        data = out.get("data", {})
+        if "dcj-" in data.get("text/html", "") or any("widget" in m for m in data):
+            continue  # dc_jupyter's own progress view
+        if out["output_type"] == "stream":
+            shown.append(f"{out['name']}:{out['text']}")
+        elif out["output_type"] == "display_data":
+            shown.append("display:" + ",".join(sorted(out["data"])))
+        else:
+            shown.append(out["output_type"])
+    return shown
+
+
+@pytest.fixture(scope="module")
+def notebook(cluster):
+    cells = [
+        "%load_ext dc_jupyter\n" + FUNCTION,
+        # 1: a job: prints, warning, log record, display, in order, before its value
+        "noisy(2).compute()",
+        # 2: a cell: bare display(), an HTML object, a figure shown and one left open
+        "%%distribute\nprint('one')\ndisplay(HTML('<i>rich</i>'))\n"
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.show()\nprint('two')\n"
+        "plt.figure()\nplt.plot([2, 1])\nNone",
+        # 3: a map: each line marked with its item
+        "noisy.map(range(3)).compute()",
+        # 4: a submitted handle: its output lands in its own cell
+        "handle = noisy(7).submit(); handle.result()",
+        # 5-7: --async cells whose output arrives while cell 8 runs
+        "%%distribute --async\nimport time\ntime.sleep(1)\nprint('async A')",
+        "%%distribute --async\nimport time\ntime.sleep(1)\nprint('async B')",
+        "%%distribute --async\nimport time\ntime.sleep(1)\nprint('async C')",
+        "import time\ntime.sleep(5)\nprint('busy cell')",
+    ]
+    return run_notebook(cells, cluster)
+
+
+def test_job_output_in_order_in_the_cell(notebook):
+    cell = notebook.cells[1]
+    assert [o["output_type"] for o in cell.outputs if o["output_type"] == "error"] == []
+    shown = kinds(cell)
+    text = "".join(s for s in shown if s.startswith(("stdout", "stderr")))
+    assert "UserWarning: careful" in text and "WARNING:mine:logged 2" in text
+    stdout = [s for s in shown if not s.startswith("stderr")]
+    assert stdout == [
+        "stdout:hello 2\n",
+        "display:text/html,text/plain",
+        "stdout:bye 2\n",
+        "execute_result",
+    ]
+    html = [o["data"].get("text/html") for o in cell.outputs if o["output_type"] == "display_data"]
+    assert "<b>bold 2</b>" in html
+
+
+def test_cell_rich_output_and_figures(notebook):
+    shown = kinds(notebook.cells[2])
+    assert "error" not in shown, notebook.cells[2].outputs
+    assert [s for s in shown if not s.startswith("stderr")] == [
+        "stdout:one\n",
+        "display:text/html,text/plain",
+        "display:image/png,text/plain",  # plt.show()
+        "stdout:two\n",
+        "display:image/png,text/plain",  # left open at the end
+    ]
+
+
+def test_map_lines_marked_with_their_item(notebook):
+    cell = notebook.cells[3]
+    stdout = "".join(o["text"] for o in cell.outputs if o.get("name") == "stdout")
+    for i in range(3):
+        assert f"[item {i}] hello {i}\n" in stdout and f"[item {i}] bye {i}\n" in stdout
+    assert cell.outputs[-1]["data"]["text/plain"] == "[1, 2, 3]"
+
+
+def test_submitted_handle_output_in_its_cell(notebook):
+    shown = kinds(notebook.cells[4])
+    assert shown[0] == "stdout:hello 7\n" and shown[-1] == "execute_result"
+
+
+def test_async_cells_write_into_their_own_cell(notebook):
+    for index, name in zip((5, 6, 7), "ABC", strict=True):
+        texts = [o["data"]["text/plain"] for o in notebook.cells[index].outputs if "data" in o]
+        own = [t for t in texts if "async" in t]
+        assert own == [f"async {name}\n"], notebook.cells[index].outputs
+    busy = notebook.cells[8]
+    assert kinds(busy) == ["stdout:busy cell\n"]
+
+
+# -- terminal IPython ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shell(cluster):
+    import dc_jupyter
+
+    ip = ipython_shell()
+    ip.run_line_magic("load_ext", "dc_jupyter")
+    dc_jupyter.connect(cluster.address)
+    ip.run_cell(FUNCTION)
+    yield ip
+    dc_jupyter.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_connection():
+    """Overrides conftest's: this module keeps one connection for its shell."""
+    yield
+
+
+def test_terminal_shows_function_output(shell):
+    with capture_output() as cap:
+        result = shell.run_cell("value = noisy(4).compute()")
+    assert result.error_in_exec is None
+    assert cap.stdout == "hello 4\nbye 4\n"
+    assert "UserWarning: careful" in cap.stderr and "WARNING:mine:logged 4" in cap.stderr
+    assert [o.data for o in cap.outputs] == [
+        {"text/html": "<b>bold 4</b>", "text/plain": "<IPython.core.display.HTML object>"}
+    ]
+    assert shell.user_ns["value"] == 5
+
+
+def test_big_output_capped_and_not_kept_on_the_scheduler(shell, client):
+    # 50 MB printed: at most 2 MB travels, the rest is reported; nothing stays behind.
+    with capture_output() as cap:
+        result = shell.run_cell(
+            "%%distribute\nline = 'x' * 999\nfor _ in range(50_000):\n    print(line)"
+        )
+    assert result.error_in_exec is None
+    assert 1_000_000 < len(cap.stdout) <= 2_000_000
+    assert "output truncated" in cap.stderr and "bytes were dropped on the workers" in cap.stderr
+    assert client.get_events("dc_jupyter-output") == ()
+
+
+def test_big_map_output_capped_with_a_count(shell):
+    with capture_output() as cap:
+        result = shell.run_cell("out = noisy.map(range(2000)).compute()")
+    assert result.error_in_exec is None
+    lines = cap.stdout.splitlines() + cap.stderr.splitlines()
+    shown = [line for line in lines if line.startswith("[item ")]
+    assert len(shown) + len(cap.outputs) == 1000  # a display counts as a line
+    assert "more lines were not shown (at most 1,000 lines" in cap.stderr
+    assert shell.user_ns["out"] == list(range(1, 2001))
