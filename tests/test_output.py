@@ -170,6 +170,19 @@ def test_terminal_shows_function_output(shell):
     assert shell.user_ns["value"] == 5
 
 
+def test_ipython_display_imported_in_the_notebook(shell):
+    # Sent by reference: on a worker with IPython but no shell it would print a repr.
+    shell.run_cell(
+        "from IPython.display import display as show, Markdown\n"
+        "@compute_this()\ndef shows(x):\n    show(Markdown(f'*{x}*'))\n    return x"
+    )
+    with capture_output() as cap:
+        result = shell.run_cell("shows(5).compute()")
+    assert result.error_in_exec is None
+    assert [o.data.get("text/markdown") for o in cap.outputs] == ["*5*"]
+    assert "Markdown object" not in cap.stdout
+
+
 def test_big_output_capped_and_not_kept_on_the_scheduler(shell, client):
     # 50 MB printed: at most 2 MB travels, the rest is reported; nothing stays behind.
     with capture_output() as cap:

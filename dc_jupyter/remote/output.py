@@ -218,11 +218,59 @@ def _install_once() -> tuple:
                 setattr(sys, name, _ThreadRouter(getattr(sys, name)))
         if not hasattr(builtins, "display"):
             builtins.display = display
+        _take_over_ipython_display()
         root = logging.getLogger()
         if not any(getattr(h, "dc_jupyter_log_handler", False) for h in root.handlers):
             root.addHandler(_LogHandler())
         _install_matplotlib_backend()
         return sys.stdout, sys.stderr
+
+
+_IPYTHON_DISPLAY_MODULES = ("IPython.core.display_functions", "IPython.display", "IPython")
+
+
+def _take_over_ipython_display() -> None:
+    """IPython's own ``display`` (``from IPython.display import display`` in the
+    notebook, sent by reference) becomes this one on workers that have IPython:
+    without a shell it would print ``<IPython.core.display.HTML object>``.
+
+    Done now if IPython is imported, else by a finder when it is (never imported
+    here: that would cost every worker a second).
+    """
+    for name in _IPYTHON_DISPLAY_MODULES:
+        module = sys.modules.get(name)
+        original = getattr(module, "display", None)
+        if callable(original) and getattr(original, "__name__", "") == "display":
+            module.display = display
+    if not any(getattr(f, "dc_jupyter_display_finder", False) for f in sys.meta_path):
+        sys.meta_path.insert(0, _DisplayFinder())
+
+
+class _DisplayFinder:
+    """Patches ``IPython.core.display_functions`` as it is imported (a meta path finder)."""
+
+    dc_jupyter_display_finder = True
+
+    def find_spec(self, name, path, target=None):
+        if name != _IPYTHON_DISPLAY_MODULES[0]:
+            return None
+        for finder in sys.meta_path:
+            if getattr(finder, "dc_jupyter_display_finder", False):
+                continue
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None and spec.loader is not None:
+                break
+        else:
+            return None
+        loader_exec = spec.loader.exec_module
+
+        def exec_module(module):
+            loader_exec(module)
+            module.display = display  # IPython.display re-exports it from here
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 def _install_matplotlib_backend() -> None:
