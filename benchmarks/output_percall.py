@@ -6,7 +6,12 @@ Median round trip of 300 sequential ``f(i).compute()`` calls on a one-worker
 ``ProcessCluster``. Run it with another checkout on PYTHONPATH to compare.
 """
 
-import statistics, sys, tempfile, time, io, contextlib
+import contextlib
+import io
+import statistics
+import tempfile
+import time
+
 import dc_jupyter
 from dc_jupyter import compute_this
 from dc_jupyter.tools.cluster import ProcessCluster
@@ -31,7 +36,7 @@ try:
             with contextlib.redirect_stdout(io.StringIO()):
                 f(i).compute()
         times = []
-        for rnd in range(3):
+        for _round in range(3):
             for i in range(100):
                 t = time.perf_counter()
                 with contextlib.redirect_stdout(io.StringIO()):
