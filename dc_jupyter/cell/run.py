@@ -178,6 +178,8 @@ def _plan(shell: Any, cell: str, options: CellOptions, header: str) -> _Plan:
     analysis = analyze_cell(source, filename)
     user_ns = shell.user_ns
     provided = _PROVIDED_ON_WORKER | ({options.map_name} if options.map_name else set())
+    if not _is_ipython_display(user_ns.get("display")):
+        provided = provided - {"display"}  # the notebook's own ``display``: send it
     captured: dict[str, Any] = {}
     for name in analysis.inputs:
         if name in provided:
@@ -214,6 +216,14 @@ def _plan(shell: Any, cell: str, options: CellOptions, header: str) -> _Plan:
         send_all=analysis.star_import and options.pull is None,
         options=options,
         elements=elements,
+    )
+
+
+def _is_ipython_display(value: Any) -> bool:
+    """Whether ``value`` is (or stands for) IPython's ``display``, which workers provide."""
+    return value is None or (
+        getattr(value, "__name__", None) == "display"
+        and str(getattr(value, "__module__", "")).startswith("IPython")
     )
 
 
