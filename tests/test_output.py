@@ -80,9 +80,13 @@ def notebook(cluster):
         "noisy.map(range(3)).compute()",
         # 4: a submitted handle: its output lands in its own cell
         "handle = noisy(7).submit(); handle.result()",
-        # 5-24: --async cells whose output arrives while the last cell runs
-        *[f"%%distribute --async\nimport time\ntime.sleep(0.2)\nprint('async {k}')" for k in ASYNC],
-        "import time\ntime.sleep(8)\nprint('busy cell')",
+        # 5-24: --async cells whose output arrives while the last cell waits for them
+        *[
+            f"%%distribute --async -o h{k}\nimport time\ntime.sleep(0.2)\nprint('async {k}')"
+            for k in ASYNC
+        ],
+        f"for h in [{', '.join(f'h{k}' for k in ASYNC)}]:\n    h.result(timeout=120)\n"
+        "print('busy cell')",
     ]
     return run_notebook(cells, cluster)
 

@@ -243,7 +243,7 @@ def _write_loop() -> None:
 class _Target:
     """The cell output goes to: its stream/display messages, or a display of its own."""
 
-    _dirty: weakref.WeakSet = weakref.WeakSet()
+    _dirty: set = set()  # only the writer thread touches it
 
     def __init__(self, shell: Any, parent: Any, handle: Any) -> None:
         self.shell = shell
@@ -263,7 +263,7 @@ class _Target:
     @classmethod
     def dirty(cls) -> list[_Target]:
         found = list(cls._dirty)
-        cls._dirty = weakref.WeakSet()
+        cls._dirty.clear()
         return found
 
     def _as_parent(self) -> None:
@@ -302,11 +302,42 @@ class _Target:
         # An update travels with the parent of the cell running NOW (a thread
         # that never set one gets the kernel's global parent): front ends (and
         # nbclient) apply display updates they receive for the running cell.
-        updater = threading.Thread(
-            target=self.handle.update, args=(_bundle(self.parts),), kwargs={"raw": True}
-        )
+        updater = threading.Thread(target=self._update)
         updater.start()
         updater.join()
+        # Sent while no cell ran, nobody applies it: sent again at the end of the
+        # next cell (``_resend``), with that cell as parent.
+        with _lock:
+            _resend.add(self)
+        _hook_resend(self.shell)
+
+    def _update(self) -> None:
+        self.handle.update(_bundle(list(self.parts)), raw=True)
+
+
+#: Strong references: nothing else may hold an --async cell's target by then.
+_resend: set = set()
+_hooked: weakref.WeakSet = weakref.WeakSet()
+
+
+def _hook_resend(shell: Any) -> None:
+    with _lock:
+        if shell is None or shell in _hooked:
+            return
+        _hooked.add(shell)
+    shell.events.register("post_run_cell", _resend_updates)
+
+
+def _resend_updates(*_args: Any) -> None:
+    """``post_run_cell``: send the displays updated since the last cell again."""
+    with _lock:
+        targets = list(_resend)
+        _resend.clear()
+    for target in targets:
+        try:
+            target._update()
+        except Exception:  # a display problem must not break the notebook's cells
+            pass
 
 
 def _bundle(parts: list[tuple[str, Any]]) -> dict:
