@@ -15,7 +15,6 @@ import pty
 import queue
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -192,7 +191,10 @@ def test_kernel_interrupt_reaches_only_the_notebook(kernel, code):
     reply, _, took = kernel.run(code, interrupt_after=3)
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
     _check_next_call_and_workers(kernel)
-    assert took < 2, f"KeyboardInterrupt came {took:.1f} s after the interrupt"
+    # A hang check, not a speed test: 0.5 s on a quiet machine, but the kernel's
+    # first traceback makes IPython scan every module (inspect.getmodule), which
+    # takes seconds on a loaded one.
+    assert took < 5, f"KeyboardInterrupt came {took:.1f} s after the interrupt"
 
 
 def test_worker_logs_stay_out_of_cells_and_distribute_logs_shows_them(tmp_path):
@@ -238,11 +240,8 @@ def test_sigkill_of_the_kernel_leaves_no_process_behind(tmp_path):
         assert wait_until(lambda: not any(_alive(p.pid) for p in started), timeout=15), [
             p for p in started if _alive(p.pid)
         ]
-        if not wait_until(lambda: not directory.exists(), timeout=15):
-            # Known defect (issue 11, kept open): from a killed *kernel* the cluster's
-            # directory (keys, logs) can stay behind; from a killed script it goes.
-            shutil.rmtree(directory, ignore_errors=True)
-            pytest.xfail("the killed kernel's cluster directory was left behind (issue 11)")
+        # Its keys and logs go too: nobody else would ever remove them.
+        assert wait_until(lambda: not directory.exists(), timeout=15), sorted(directory.rglob("*"))
     finally:
         k.kc.stop_channels()
         k.km.cleanup_resources()
