@@ -168,9 +168,9 @@ def test_interrupt_stops_the_running_cell_on_the_worker(kernel, lclient, cell):
     ended = time.monotonic()
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
     stopped_after = messages[-1]["idle_at"] - messages[0]["interrupted_at"]
-    # A hang check (0.1-0.7 s on a quiet machine): the kernel's first traceback
-    # makes IPython scan every module, seconds on a loaded machine.
-    assert stopped_after < 5, f"the cell took {stopped_after:.1f} s to stop waiting"
+    # 0.1-0.7 s on a quiet machine; on a loaded one the kernel's first traceback
+    # alone (IPython scanning every module) can take seconds.
+    assert stopped_after < 2, f"the cell took {stopped_after:.1f} s to stop waiting"
     assert sum(m["msg_type"] == "error" for m in messages) == 1
     assert not cell_is_running(lclient)
     assert_worker_free_and_scheduler_empty(lclient)

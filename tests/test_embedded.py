@@ -191,10 +191,9 @@ def test_kernel_interrupt_reaches_only_the_notebook(kernel, code):
     reply, _, took = kernel.run(code, interrupt_after=3)
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
     _check_next_call_and_workers(kernel)
-    # A hang check, not a speed test: 0.5 s on a quiet machine, but the kernel's
-    # first traceback makes IPython scan every module (inspect.getmodule), which
-    # takes seconds on a loaded one.
-    assert took < 5, f"KeyboardInterrupt came {took:.1f} s after the interrupt"
+    # 0.5 s on a quiet machine; on a loaded one (load 19) the kernel's first
+    # traceback alone, IPython scanning every module (inspect.getmodule), took 5-8 s.
+    assert took < 2, f"KeyboardInterrupt came {took:.1f} s after the interrupt"
 
 
 def test_worker_logs_stay_out_of_cells_and_distribute_logs_shows_them(tmp_path):
