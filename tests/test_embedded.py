@@ -533,6 +533,16 @@ def test_dask_tools_use_the_embedded_cluster(embedded):
     assert workers and workers <= set(client.scheduler_info()["workers"])
 
 
+def test_the_embedded_cluster_is_a_cluster_object_for_cluster_option(embedded):
+    cluster, client = embedded
+    assert client.cluster is cluster and cluster.scheduler_address == client.scheduler.address
+    # What a user passes on: the cluster object Dask's own client holds (TLS included).
+    doubled = compute_this(cluster=client.cluster)(lambda x: 2 * x)
+    assert doubled(21).compute() == 42
+    assert doubled.map([1, 2, 3]).compute() == [2, 4, 6]
+    assert cluster.scheduler_address in repr(cluster) or cluster.name in repr(cluster)
+
+
 def test_a_users_earlier_client_stays_the_default(cluster):
     from distributed import Client, default_client
 
