@@ -101,7 +101,10 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
         shell.user_ns[options.out] = handle
     if options.run_async:
         timer = _AsyncTimeout(handle, _job_options(options).timeout)
-        handle.add_done_callback(lambda _: _finish_async(shell, plan, handle, output, timer))
+        # ``inner`` kept alive until then: dropping it would stop its output.
+        handle.add_done_callback(
+            lambda _, keep=inner: _finish_async(shell, plan, handle, output, timer)
+        )
         show(handle, label)
         return None
     with watching(handle, label):
@@ -301,6 +304,7 @@ def _wait(handle: Any, output: live_output.Listener | None, timeout: float | Non
         handle.cancel()
         raise
     if output is not None:
+        output.finish()
         output.wait_written()
 
 
@@ -449,6 +453,7 @@ def _finish_async(
     timer.stop()
     try:
         if output is not None:
+            output.finish()
             output.wait_written()
         if timer.expired:
             print(

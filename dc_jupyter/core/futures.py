@@ -122,6 +122,7 @@ class JobFuture:
         self._settle(timeout)
         output = getattr(self, "output", None)
         if output is not None:  # its prints come before its value
+            output.finish()
             output.wait_written()
         if self._error is not None:
             # Always with the traceback it came with: each raise adds the frames

@@ -273,7 +273,9 @@ class DaskBackend(Backend):
             translate=translate_backend_error,
         )
         handle.output = listener
-        future.add_done_callback(lambda _: listener.finish())
+        # Finished by whoever takes the result (JobFuture.result, cells), else when
+        # the handle is dropped; not by a Dask done callback (seen to slow Ctrl-C).
+        weakref.finalize(handle, listener.finish)
         return handle
 
     def slots(self) -> int:
