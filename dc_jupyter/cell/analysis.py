@@ -49,7 +49,8 @@ class CellAnalysis:
 def analyze_cell(source: str, filename: str = "<cell>") -> CellAnalysis:
     """Analyse ``source`` (plain Python); raises ``SyntaxError`` like ``compile`` would."""
     tree = ast.parse(source, filename)
-    compile(tree, filename, "exec", dont_inherit=True)  # the compiler's own scope checks
+    # The compiler's own scope checks; top-level `await` is allowed, as in IPython.
+    compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
     walker = _TopLevel()
     walker.block(tree.body)
     walker.resolve_deferred()
