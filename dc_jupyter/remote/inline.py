@@ -110,7 +110,7 @@ class InlineFunction:
 
     def map(self, *iterables) -> WorkerJob:
         """One call per item, like the builtin ``map``; ``.compute()`` sends them."""
-        return WorkerJob(self, [(args, {}) for args in zip(*iterables)], single=False)
+        return WorkerJob(self, [(args, {}) for args in zip(*iterables, strict=False)], single=False)
 
     def __get__(self, instance, owner=None):
         if instance is None:
