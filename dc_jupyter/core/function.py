@@ -113,8 +113,12 @@ class RemoteFunction:
         return Job(self, args, kwargs, bound)
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the plain function in this process, without pickling or a cluster."""
-        return self.__wrapped__(*args, **kwargs)
+        """Call the plain function in this process, without pickling or a cluster.
+
+        As in a job, decorated functions it calls run as plain calls too (recursion).
+        """
+        with remote_job.inside_job():
+            return self.__wrapped__(*args, **kwargs)
 
     def map(self, *iterables: Iterable) -> MapJob:
         """A lazy job that calls the function once per item, like the builtin ``map``.
