@@ -205,8 +205,7 @@ def test_a_function_reads_a_global_the_cell_binds_later(shell):
 
 def test_top_level_await_runs_as_ipython_runs_it(shell):
     setup = (
-        "import asyncio\n"
-        "async def fetch(x):\n    await asyncio.sleep(0.01)\n    return x * 10\n"
+        "import asyncio\nasync def fetch(x):\n    await asyncio.sleep(0.01)\n    return x * 10\n"
     )
     cell = (
         "await asyncio.sleep(0.01)\n"
