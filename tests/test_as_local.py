@@ -203,6 +203,19 @@ def test_a_function_reads_a_global_the_cell_binds_later(shell):
     assert value(shell, "over([1, 2, 3, 4])") == [4]
 
 
+def test_a_function_may_read_a_global_that_exists_nowhere_yet(shell):
+    cell = "def above(v):\n    return v > limit\n"
+    _, _, err, error = run(shell, "%%distribute\n" + cell)
+    assert error is None, err  # locally defining it is fine too: `limit` is read when called
+    _, _, _, error = run(shell, "above(2)")
+    assert isinstance(error, NameError)
+    run(shell, "limit = 1")
+    assert value(shell, "above(2)") is True
+    _, _, err, error = run(shell, "%%distribute\nremote = above(0)\n")
+    assert error is None, err
+    assert shell.user_ns["remote"] is False
+
+
 def test_top_level_await_runs_as_ipython_runs_it(shell):
     setup = (
         "import asyncio\nasync def fetch(x):\n    await asyncio.sleep(0.01)\n    return x * 10\n"

@@ -181,7 +181,11 @@ def _plan(shell: Any, cell: str, options: CellOptions, header: str) -> _Plan:
             continue
         if name in user_ns:
             captured[name] = user_ns[name]
-        elif name not in analysis.outputs and not analysis.star_import:
+        elif (
+            name not in analysis.outputs
+            and name not in analysis.late_inputs  # a function body's: looked up when called
+            and not analysis.star_import
+        ):
             raise NameError(
                 f"name {name!r} is not defined: the cell reads it, but it is not in the "
                 "notebook, not a builtin, and the cell does not assign it. Nothing was sent.",
