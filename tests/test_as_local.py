@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ipython_shell
+from conftest import ipython_shell, scheduler_task_count, wait_until
 from IPython.utils.capture import capture_output
 from nbclient import NotebookClient
 
@@ -143,11 +143,13 @@ def test_the_same_calls_on_the_local_backend(shell):
         assert value(shell, expression) == expected, expression
 
 
-def test_an_error_in_work_sent_from_a_worker_is_raised_as_itself(shell):
+def test_an_error_in_work_sent_from_a_worker_is_raised_as_itself(shell, client):
     assert run(shell, FUNCTIONS)[3] is None
     _, _, err, error = run(shell, "fails_inside(3).compute()")
     assert isinstance(error, TypeError)
     assert "can't multiply sequence" in str(error)
+    # Neither the job nor the calls it sent are left on the scheduler.
+    assert wait_until(lambda: scheduler_task_count(client) == 0, timeout=30)
 
 
 def test_an_object_back_from_a_worker_keeps_its_decorated_method(shell):

@@ -184,16 +184,19 @@ def send_from_worker(function: InlineFunction, calls: list, timeout=None) -> lis
             resources=spec.get("resources") or None,
         )
         try:
-            done, pending = wait(futures, timeout=timeout, return_when="ALL_COMPLETED")
-        except Exception:  # distributed's TimeoutError
+            try:
+                wait(futures, timeout=timeout)
+            except TimeoutError:  # distributed's is the builtin one
+                raise TimeoutError(
+                    f"{name} did not finish within {timeout:g} s inside the job; its tasks "
+                    "were cancelled. Raise the timeout if it needs longer."
+                ) from None
+            try:
+                blobs = client.gather(futures)
+            except Exception as exc:
+                raise user_exception(exc) from None
+        except BaseException:
+            # Failed, timed out, or this job was cancelled: nothing it sent keeps running.
             client.cancel(futures)
-            raise TimeoutError(
-                f"{name} did not finish within {timeout:g} s inside the job; its tasks were "
-                "cancelled. Raise the timeout if it needs longer."
-            ) from None
-        try:
-            blobs = client.gather(futures)
-        except Exception as exc:
-            client.cancel(futures)
-            raise user_exception(exc) from None
+            raise
     return [cloudpickle.loads(blob) for blob in blobs]
