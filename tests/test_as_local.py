@@ -236,9 +236,12 @@ def test_top_level_await_runs_as_ipython_runs_it(shell):
 
 def test_decorated_calls_in_a_cell(shell):
     assert run(shell, FUNCTIONS)[3] is None
-    cell = "computed = fact(5).compute()\nmapped = square.map([1, 2]).compute()\n"
-    local, remote, _ = both_ways(shell, "pass", cell, ["computed", "mapped"])
-    assert local == remote == {"computed": 120, "mapped": [1, 4]}
+    cell = (
+        "computed = fact(5).compute()\nmapped = square.map([1, 2]).compute()\n"
+        "method = K(3).times(4).compute()\n"
+    )
+    local, remote, _ = both_ways(shell, "pass", cell, ["computed", "mapped", "method"])
+    assert local == remote == {"computed": 120, "mapped": [1, 4], "method": 12}
 
 
 def test_in_place_changes_come_back_with_a_note(shell):
