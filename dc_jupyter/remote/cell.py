@@ -154,10 +154,24 @@ def _snapshot(namespace: dict, assigned) -> dict:
 
 
 def _digest(value) -> bytes:
-    # A digest, not the pickle: a big captured array is not held twice meanwhile.
-    import hashlib
+    """A hash of ``value``'s pickle: equal before and after unless it changed.
 
-    return hashlib.blake2b(_dumps(value)).digest()
+    A digest, not the pickle, so a big captured array is not held twice; its
+    data is hashed where it lies (pickle protocol 5 buffers), without a copy.
+    Change detection, not security: SHA-1 is the fastest stdlib hash here.
+    """
+    import hashlib
+    import io
+
+    buffers = []
+    stream = io.BytesIO()
+    cloudpickle.Pickler(stream, protocol=PICKLE_PROTOCOL, buffer_callback=buffers.append).dump(
+        value
+    )
+    digest = hashlib.sha1(stream.getbuffer(), usedforsecurity=False)
+    for buffer in buffers:
+        digest.update(buffer.raw())
+    return digest.digest()
 
 
 def _changed(namespace: dict, watched: dict) -> list:

@@ -18,11 +18,18 @@ from __future__ import annotations
 import dis
 import functools
 import sys
+import types
 import uuid
 
 import cloudpickle
 
-from dc_jupyter.remote.job import dumps_keeping_filenames, run_job, settle, user_exception
+from dc_jupyter.remote.job import (
+    dumps_keeping_filenames,
+    run_coroutine,
+    run_job,
+    settle,
+    user_exception,
+)
 
 #: Methods of a job whose call right after ``f(x)`` means "send it", not "the value".
 _SENDS = frozenset({"compute", "run", "submit"})
@@ -76,9 +83,9 @@ def plain_call(func, args: tuple, kwargs: dict):
     """``func(*args, **kwargs)`` as a job's code calls it: an ``async def`` is awaited,
     unless the caller itself runs in an event loop and will ``await`` it."""
     value = func(*args, **kwargs)
-    if _in_event_loop():
+    if not isinstance(value, types.CoroutineType) or _in_event_loop():
         return value
-    return settle(value)
+    return run_coroutine(value)
 
 
 def _in_event_loop() -> bool:
