@@ -47,8 +47,9 @@ def run_cell(
     """Run ``source`` in a namespace made of the captured values.
 
     Returns a pickled dict: ``values`` (the ``names`` the cell left bound; every
-    name if ``send_all``), ``deleted`` (of ``deleted``, those now unbound) and
-    ``result`` (the last expression's value when ``has_result``).
+    name if ``send_all``), ``deleted`` (of ``deleted``, those now unbound),
+    ``result`` (the last expression's value when ``has_result``) and ``changed``
+    (captured values the cell changed in place; their values are in ``values``).
     """
     namespace = cloudpickle.loads(namespace_blob)
     namespace["__name__"] = "__main__"  # so cloudpickle sends cell functions by value
@@ -423,11 +424,13 @@ class WorkerShell:
         tree = ast.parse(code, "<timed exec>")
         last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
         start_times, start_wall = os.times(), time.perf_counter()
-        exec(compile(tree, "<timed exec>", "exec"), self.namespace)
+        exec(compile(tree, "<timed exec>", "exec", dont_inherit=True), self.namespace)
         value = None
         if last is not None:
             expression = ast.Expression(last.value)
-            value = eval(compile(expression, "<timed eval>", "eval"), self.namespace)
+            value = eval(
+                compile(expression, "<timed eval>", "eval", dont_inherit=True), self.namespace
+            )
         end_times, wall = os.times(), time.perf_counter() - start_wall
         user = end_times.user - start_times.user
         system = end_times.system - start_times.system
