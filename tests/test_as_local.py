@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ipython_shell, scheduler_task_count, wait_until
+from conftest import connected_shell, scheduler_task_count, wait_until
 from IPython.utils.capture import capture_output
 from nbclient import NotebookClient
 
@@ -79,19 +79,9 @@ def make_k(k):
 """
 
 
-@pytest.fixture(scope="module")
-def ip():
-    shell = ipython_shell()
-    shell.run_line_magic("load_ext", "dc_jupyter")
-    return shell
-
-
 @pytest.fixture
 def shell(ip, cluster):
-    ip.reset()
-    ip.run_line_magic("load_ext", "dc_jupyter")
-    ip.run_line_magic("distribute", f"connect {cluster.address}")
-    return ip
+    return connected_shell(ip, cluster.address)
 
 
 def run(shell, cell: str):
