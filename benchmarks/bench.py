@@ -1,6 +1,6 @@
 """dc_jupyter against its peers, side by side, in one run and one process tree.
 
-    PYTHONPATH=. python benchmarks/bench.py [--quick] [--rounds N] [--extra] [--out DIR]
+    PYTHONPATH=. python benchmarks/bench.py [--quick] [--rounds N] [--extra] [--widgets-only] [--out DIR]
 
 Starts, all on 127.0.0.1, with two one-thread workers each: dc_jupyter's
 embedded default cluster; an external ``dask scheduler`` + ``dask worker``
@@ -89,10 +89,11 @@ def ipyparallel_peer() -> Iterator[Any]:
     except ImportError:
         yield None
         return
-    cluster = ipp.Cluster(n=N_WORKERS, controller_ip=HOST, log_level=40)
+    # engine_timeout: engines start slowly on a loaded machine (Dask's get 300 s too).
+    cluster = ipp.Cluster(n=N_WORKERS, controller_ip=HOST, log_level=40, engine_timeout=300)
     try:
         rc = cluster.start_and_connect_sync()
-        rc.wait_for_engines(N_WORKERS, timeout=120)
+        rc.wait_for_engines(N_WORKERS, timeout=300)
     except Exception as exc:  # a peer that cannot start is left out, not the whole run
         print(f"ipyparallel did not start, left out: {type(exc).__name__}: {exc}")
         with contextlib.suppress(Exception):
@@ -266,7 +267,7 @@ def ratios(report: dict) -> dict[str, float | None]:
     call = report["one_call"]
     many = report["many_jobs"]
     big = report["map"]
-    med = lambda d, k: d[k]["median_s"] if k in d else None  # noqa: E731
+    med = lambda d, k: d[k]["median_s"] if isinstance(d.get(k), dict) else None  # noqa: E731
 
     def div(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else a / b
@@ -278,7 +279,7 @@ def ratios(report: dict) -> dict[str, float | None]:
         div(med(many, "dc_jupyter .submit() loop"), med(many, "bare client.submit loop")),
         div(med(big, "ipyparallel map_sync(chunksize=1000)"), med(big, "dc_jupyter map")),
         div(med(big, "dc_jupyter map"), med(big, "cloudpickle round trip")),
-        report["scaling"]["efficiency"],
+        report["scaling"].get("efficiency"),
     ], strict=True))  # fmt: skip
 
 
@@ -300,9 +301,15 @@ def print_table(report: dict, previous: dict | None) -> None:
     print("\nmedians (ms):")
     for section in ("one_call", "many_jobs", "map"):
         for name, s in report[section].items():
+            if not isinstance(s, dict):
+                print(f"  {section:9} {name}: {s}")
+                continue
             print(f"  {section:9} {name:40} {s['median_s'] * 1000:10.2f}  "
                   f"(min {s['min_s'] * 1000:.2f}, max {s['max_s'] * 1000:.2f}, n={s['n']})")  # fmt: skip
     sc = report["scaling"]
+    if "error" in sc:
+        print(f"  scaling   failed: {sc['error']}")
+        return
     print(f"  scaling   {sc['items']} x 50 ms on 8 workers: {sc['seconds']:.2f} s "
           f"(ideal {sc['ideal_s']:.2f} s)")  # fmt: skip
 
@@ -316,13 +323,28 @@ def _previous(out: Path) -> dict | None:
     return None
 
 
+def section(report: dict, name: str, measure: Callable[..., dict], *args: Any) -> None:
+    """Run one measurement; a failure (e.g. a peer losing its scheduler on a loaded
+    machine) is recorded and printed, and the run goes on."""
+    print(f"{name} ...", flush=True)
+    try:
+        report[name] = measure(*args)
+    except Exception as exc:
+        report[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"{name} failed: {report[name]['error']}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller sizes")
     parser.add_argument("--rounds", type=int, help="rounds of the one-call measurement")
     parser.add_argument("--extra", action="store_true", help="also large arguments, widgets")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--widgets-only", action="store_true", help="only the widget counts")
     args = parser.parse_args()
+    if args.widgets_only:
+        print(json.dumps(widget_updates(10, 200_000), indent=2))
+        return 0
     quick = args.quick
     call_rounds = args.rounds or (40 if quick else 200)
     n_jobs, n_items = (200, 20_000) if quick else (1000, 200_000)
@@ -349,20 +371,17 @@ def main() -> int:
             ipyparallel_peer() as rc,
             ray_peer() as ray,
         ):
-            print("one call ...", flush=True)
-            report["one_call"] = one_call(emb, external.address, bare, rc, ray, call_rounds)
-            print("many jobs ...", flush=True)
-            report["many_jobs"] = many_jobs(external.address, bare, n_jobs, 3 if quick else 5)
-            print("map ...", flush=True)
-            report["map"] = big_map(emb, rc, n_items, 3 if quick else 5)
+            rounds = 3 if quick else 5
+            section(report, "one_call", one_call, emb, external.address, bare, rc, ray, call_rounds)
+            section(report, "many_jobs", many_jobs, external.address, bare, n_jobs, rounds)
+            section(report, "map", big_map, emb, rc, n_items, rounds)
             if args.extra:
-                report["large_argument"] = large_argument(external.address, 50, 3)
+                section(report, "large_argument", large_argument, external.address, 50, 3)
         dc_jupyter.close()
     finally:
         dc_jupyter.close()
         external.stop()
-    print("scaling ...", flush=True)
-    report["scaling"] = scaling(8, 10 if quick else 40)
+    section(report, "scaling", scaling, 8, 10 if quick else 40)
     if args.extra:
         report["widgets"] = widget_updates(10, n_items)
     report["ratios"] = ratios(report)
