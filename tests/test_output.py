@@ -175,6 +175,17 @@ def test_terminal_shows_function_output(shell):
     assert shell.user_ns["value"] == 5
 
 
+def test_output_of_jobs_computed_together(shell):
+    with capture_output() as cap:
+        result = shell.run_cell(
+            "import dc_jupyter\nvalues = dc_jupyter.compute(noisy(1), noisy(2))"
+        )
+    assert result.error_in_exec is None
+    assert shell.user_ns["values"] == (2, 3)
+    assert sorted(cap.stdout.splitlines()) == ["bye 1", "bye 2", "hello 1", "hello 2"]
+    assert len(cap.outputs) == 2
+
+
 def test_ipython_display_imported_in_the_notebook(shell):
     # Sent by reference: on a worker with IPython but no shell it would print a repr.
     shell.run_cell(

@@ -303,18 +303,26 @@ class DaskBackend(Backend):
             if not wave:
                 return
             graph = {entry.job.key: task for entry, task, _ in wave}
-            futures = client.get(graph, list(graph), sync=False, **(wave_kwargs or {}))
-            for (entry, _, kept), future in zip(wave, futures, strict=True):
-                handles.append(
-                    JobFuture(
-                        future,
-                        name=entry.job.name,
-                        key=entry.job.key,
-                        keep=tuple(kept),
-                        canceller=canceller_for(client),
-                        translate=translate_backend_error,
-                    )
+            # Before the tasks can print, as for a single job (see ``start``).
+            listeners = [output.open_output(client, key) for key in graph]
+            try:
+                futures = client.get(graph, list(graph), sync=False, **(wave_kwargs or {}))
+            except BaseException:
+                for listener in listeners:
+                    listener.finish()
+                raise
+            for (entry, _, kept), future, listener in zip(wave, futures, listeners, strict=True):
+                handle = JobFuture(
+                    future,
+                    name=entry.job.name,
+                    key=entry.job.key,
+                    keep=tuple(kept),
+                    canceller=canceller_for(client),
+                    translate=translate_backend_error,
                 )
+                handle.output = listener
+                weakref.finalize(handle, listener.finish)
+                handles.append(handle)
             wave.clear()
             in_wave.clear()
 
