@@ -44,6 +44,7 @@ class CellAnalysis:
     has_result: bool
     star_import: bool = False  # ``from m import *``: outputs cannot be known in advance
     builtins_read: tuple[str, ...] = ()  # builtin names read (shadowed in the notebook?)
+    imports: tuple[str, ...] = ()  # top-level modules imported anywhere in the cell
 
 
 def analyze_cell(source: str, filename: str = "<cell>") -> CellAnalysis:
@@ -65,7 +66,21 @@ def analyze_cell(source: str, filename: str = "<cell>") -> CellAnalysis:
         has_result=has_result,
         star_import=walker.star_import,
         builtins_read=tuple(builtins_read),
+        imports=_imported_modules(tree),
     )
+
+
+def _imported_modules(tree: ast.AST) -> tuple[str, ...]:
+    """Top-level names of the modules the cell imports, in its functions too
+    (``import a.b as c`` -> ``a``); relative imports have no module of their own."""
+    found: dict[str, None] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found[alias.name.partition(".")[0]] = None
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found[node.module.partition(".")[0]] = None
+    return tuple(found)
 
 
 def _ends_with_semicolon(source: str) -> bool:

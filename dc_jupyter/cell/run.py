@@ -80,6 +80,7 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
     if options.map_name is None:
         job = remote(*args)
         job.key = cell_id
+        job.modules.update(plan.modules)
         output = _listen(client, cell_id, 1, options.run_async)
         handle = CellFuture.adopt(
             _submit(job, output), label, options.run_async, plan.analysis.has_result
@@ -91,9 +92,9 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
         columns = [[a] * n for a in args] + [range(n), [options.map_name] * n, plan.elements]
         prefixes = [_element_prefix(options.map_name, e) for e in plan.elements]
         output = _listen(client, cell_id, n, options.run_async, prefixes)
-        handle = SweepFuture(
-            _submit(MapJob(remote, tuple(columns)), output), label, options.run_async
-        )
+        sweep = MapJob(remote, tuple(columns))
+        sweep.modules.update(plan.modules)
+        handle = SweepFuture(_submit(sweep, output), label, options.run_async)
     if options.out:
         shell.user_ns[options.out] = handle
     if options.run_async:
@@ -147,6 +148,8 @@ class _Plan:
     send_all: bool
     options: CellOptions
     elements: list = field(default_factory=list)
+    #: Top-level modules the cell imports or its values refer to.
+    modules: set[str] = field(default_factory=set)
 
     def worker_args(self, cell_id: str) -> tuple:
         return (
@@ -202,15 +205,17 @@ def _plan(shell: Any, cell: str, options: CellOptions, header: str) -> _Plan:
     elements: list = []
     if options.map_name is not None:
         elements = _sweep_elements(shell, options)
+    modules = set(analysis.imports)
     return _Plan(
         source=source,
         filename=filename,
         analysis=analysis,
-        blob=_pickle_inputs(captured),
+        blob=_pickle_inputs(captured, modules),
         names=tuple(names),
         send_all=analysis.star_import and options.pull is None,
         options=options,
         elements=elements,
+        modules=modules,
     )
 
 
@@ -232,9 +237,9 @@ def _sweep_elements(shell: Any, options: CellOptions) -> list:
     return take_items(iterator, f"--map {options.map_name} in {options.map_expr}", UsageError)
 
 
-def _pickle_inputs(captured: dict[str, Any]) -> bytes:
+def _pickle_inputs(captured: dict[str, Any], modules: set[str]) -> bytes:
     try:
-        return pickling.dumps(captured)
+        return pickling.dumps(captured, modules)
     except Exception as exc:
         culprit = pickling.find_unpicklable(captured.items())
         if culprit is None:

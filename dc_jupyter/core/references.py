@@ -1,0 +1,92 @@
+"""Which modules a pickle refers to by name: the workers must be able to import them.
+
+``core.pickling`` hands over the pickler's memo after a dump: every module,
+class, function and code object the pickle saved went through it. Those
+cloudpickle sent by value need no module, but the ``import`` statements in
+their code do. Not for deciding what is local code (``backends.dask.localcode``).
+"""
+
+from __future__ import annotations
+
+import dis
+import sys
+import types
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import cloudpickle
+
+
+def by_value(obj: Any, registered: set[str] | None = None) -> bool:
+    """Whether cloudpickle sends ``obj`` (a function or class) by value, not by name:
+    defined in the notebook, in a module registered by value, or not found by
+    its name (a nested function)."""
+    module_name = getattr(obj, "__module__", None)
+    module = sys.modules.get(module_name) if module_name else None
+    if module is None or module_name == "__main__":
+        return True
+    if registered is None:
+        registered = _registered_by_value()
+    if module_name.partition(".")[0] in registered:
+        return True
+    found: Any = module
+    for part in getattr(obj, "__qualname__", "").split("."):
+        found = getattr(found, part, None)
+    return found is not obj
+
+
+def _registered_by_value() -> set[str]:
+    return {name.partition(".")[0] for name in cloudpickle.list_registry_pickle_by_value()}
+
+
+#: Objects pickled by name seen before -> their top-level module: module-level
+#: functions and classes live as long as their module, so nothing leaks.
+_named: dict[int, tuple[Any, str]] = {}
+_PLAIN = frozenset({str, bytes, tuple, list, dict, int, float, type(None)})
+#: code object -> top-level modules its ``import`` statements name
+_code_imports: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _imports_in(code: types.CodeType) -> frozenset[str]:
+    """Modules a function sent by value imports when it runs (``import mypkg`` in its body)."""
+    found = _code_imports.get(code)
+    if found is None:
+        names, loaded = set(), [None, None]
+        for ins in dis.get_instructions(code):
+            # IMPORT_NAME follows LOAD_CONST level, LOAD_CONST fromlist; level > 0 is relative.
+            if ins.opname == "IMPORT_NAME" and ins.argval and not loaded[0]:
+                names.add(ins.argval.partition(".")[0])
+            loaded = [loaded[1], ins.argval if ins.opname == "LOAD_CONST" else None]
+        found = _code_imports[code] = frozenset(names)
+    return found
+
+
+def modules_in(memo: Iterable[tuple[int, Any]]) -> set[str]:
+    """Top-level modules named in a pickle: every module, class and function it
+    saved went through the memo; those saved by value need no module."""
+    names = set()
+    registered = None
+    for _, obj in memo:
+        kind = type(obj)
+        if kind in _PLAIN:
+            continue
+        if kind is types.CodeType:
+            names.update(_imports_in(obj))
+            continue
+        hit = _named.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            names.add(hit[1])
+        elif kind is types.ModuleType:
+            names.add(obj.__name__.partition(".")[0])
+        elif isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+            module = getattr(obj, "__module__", None)
+            if module == "__main__":  # the notebook's own: by value
+                continue
+            if registered is None:
+                registered = _registered_by_value()
+            if isinstance(module, str) and not by_value(obj, registered):
+                top = module.partition(".")[0]
+                _named[id(obj)] = (obj, top)
+                names.add(top)
+    return names
