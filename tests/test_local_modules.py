@@ -92,7 +92,8 @@ def far_client(far_cluster):
 
 
 def _forget_local_modules():
-    for name in [n for n in sys.modules if n.split(".")[0] in ("mylib", "mypkg")]:
+    ours = ("mylib", "mypkg", "helpers", "uses_helpers", "offlib", "extrapkg")
+    for name in [n for n in sys.modules if n.split(".")[0] in ours]:
         del sys.modules[name]
     ship_state._units.clear()
 
@@ -179,6 +180,31 @@ def test_a_mylib_function_passed_to_map(shell):
 def test_a_package_next_to_the_notebook(shell):
     cell = "%%distribute\nimport mypkg\nfrom mypkg.sub import triple\nmypkg.NAME, triple(7)"
     assert ok(shell, cell) == ("mypkg", 21)
+
+
+def test_a_local_module_that_imports_another_one(shell, notebook_dir):
+    write(notebook_dir / "helpers.py", "def double(x):\n    return 2 * x\n")
+    write(
+        notebook_dir / "uses_helpers.py",
+        """
+        import helpers
+
+        try:  # optional: the workers lack it, and that is fine
+            import nbformat
+        except ImportError:
+            nbformat = None
+
+
+        def quad(x):
+            return helpers.double(helpers.double(x))
+        """,
+    )
+    assert ok(shell, "%%distribute\nimport uses_helpers\nuses_helpers.quad(2)") == 8
+
+
+def test_an_import_the_cell_guards_is_not_refused(shell):
+    cell = "try:\n    import nbformat\nexcept ImportError:\n    nbformat = None\nnbformat is None"
+    assert ok(shell, "%%distribute\n" + cell) is True  # the workers lack it; the cell copes
 
 
 def test_an_edited_module_is_sent_again(shell, notebook_dir):

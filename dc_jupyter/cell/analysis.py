@@ -70,11 +70,22 @@ def analyze_cell(source: str, filename: str = "<cell>") -> CellAnalysis:
     )
 
 
+_TRY = (ast.Try, ast.TryStar) if hasattr(ast, "TryStar") else (ast.Try,)
+
+
 def _imported_modules(tree: ast.AST) -> tuple[str, ...]:
     """Top-level names of the modules the cell imports, in its functions too
-    (``import a.b as c`` -> ``a``); relative imports have no module of their own."""
+    (``import a.b as c`` -> ``a``); relative imports have no module of their own.
+    Imports inside ``try`` are left out: the cell may do without them."""
     found: dict[str, None] = {}
-    for node in ast.walk(tree):
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, _TRY):
+            todo.extend(node.orelse)
+            todo.extend(node.finalbody)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
         if isinstance(node, ast.Import):
             for alias in node.names:
                 found[alias.name.partition(".")[0]] = None

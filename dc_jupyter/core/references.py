@@ -11,7 +11,6 @@ from __future__ import annotations
 import dis
 import sys
 import types
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,49 +42,57 @@ def _registered_by_value() -> set[str]:
 #: Objects pickled by name seen before -> their top-level module: module-level
 #: functions and classes live as long as their module, so nothing leaks.
 _named: dict[int, tuple[Any, str]] = {}
-_PLAIN = frozenset({str, bytes, tuple, list, dict, int, float, type(None)})
-#: code object -> top-level modules its ``import`` statements name
-_code_imports: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Whole kinds that name no module: skipped with one set lookup (the hot path).
+_PLAIN = frozenset({str, bytes, tuple, list, dict, int, float, type(None), types.CellType})
+#: id(code object) -> (code, top-level modules its ``import`` statements name);
+#: kept small, as notebook functions are redefined.
+_code_imports: dict[int, tuple[types.CodeType, frozenset[str]]] = {}
+_CODE_CACHE_SIZE = 4096
 
 
 def _imports_in(code: types.CodeType) -> frozenset[str]:
     """Modules a function sent by value imports when it runs (``import mypkg`` in its body)."""
-    found = _code_imports.get(code)
-    if found is None:
-        names, loaded = set(), [None, None]
-        for ins in dis.get_instructions(code):
-            # IMPORT_NAME follows LOAD_CONST level, LOAD_CONST fromlist; level > 0 is relative.
-            if ins.opname == "IMPORT_NAME" and ins.argval and not loaded[0]:
-                names.add(ins.argval.partition(".")[0])
-            loaded = [loaded[1], ins.argval if ins.opname == "LOAD_CONST" else None]
-        found = _code_imports[code] = frozenset(names)
+    hit = _code_imports.get(id(code))
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    names, loaded = set(), [None, None]
+    for ins in dis.get_instructions(code):
+        # IMPORT_NAME follows LOAD_CONST level, LOAD_CONST fromlist; level > 0 is relative.
+        if ins.opname == "IMPORT_NAME" and ins.argval and not loaded[0]:
+            names.add(ins.argval.partition(".")[0])
+        loaded = [loaded[1], ins.argval if ins.opname == "LOAD_CONST" else None]
+    if len(_code_imports) >= _CODE_CACHE_SIZE:
+        _code_imports.clear()
+    found = frozenset(names)
+    _code_imports[id(code)] = (code, found)
     return found
 
 
 def modules_in(memo: Iterable[tuple[int, Any]]) -> set[str]:
     """Top-level modules named in a pickle: every module, class and function it
     saved went through the memo; those saved by value need no module."""
-    names = set()
+    names: set[str] = set()
     registered = None
     for _, obj in memo:
-        kind = type(obj)
-        if kind in _PLAIN:
-            continue
-        if kind is types.CodeType:
-            names.update(_imports_in(obj))
+        if type(obj) in _PLAIN:
             continue
         hit = _named.get(id(obj))
         if hit is not None and hit[0] is obj:
-            names.add(hit[1])
+            if hit[1]:
+                names.add(hit[1])
+            continue
+        kind = type(obj)
+        if kind is types.CodeType:
+            names.update(_imports_in(obj))
         elif kind is types.ModuleType:
             names.add(obj.__name__.partition(".")[0])
         elif isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
             module = getattr(obj, "__module__", None)
-            if module == "__main__":  # the notebook's own: by value
+            if module == "__main__" or not isinstance(module, str):  # the notebook's own
                 continue
             if registered is None:
                 registered = _registered_by_value()
-            if isinstance(module, str) and not by_value(obj, registered):
+            if not by_value(obj, registered):
                 top = module.partition(".")[0]
                 _named[id(obj)] = (obj, top)
                 names.add(top)

@@ -10,6 +10,7 @@ talking to the cluster (``modules``) nor for the worker side (``remote.modules``
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import os
@@ -120,6 +121,22 @@ def find_unit(name: str, extra: frozenset[str] = frozenset()) -> LocalUnit | Non
         )
         return LocalUnit(name, root, files)
     return LocalUnit(name, path, (path,))
+
+
+def imports_of(modules: dict[str, tuple[str, bytes, bool]]) -> frozenset[str]:
+    """Top-level modules a unit's sources import (absolute imports, anywhere in them)."""
+    found: set[str] = set()
+    for _path, source, _is_package in modules.values():
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):  # it fails on the worker as it does here
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.partition(".")[0])
+    return frozenset(found - {name.partition(".")[0] for name in modules})
 
 
 def is_stdlib(name: str) -> bool:

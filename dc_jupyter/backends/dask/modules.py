@@ -35,7 +35,7 @@ class _ClusterState:
 
     scheduler_id: Any
     ok: set[str] = field(default_factory=set)  # installed there: nothing to do per call
-    shipped: dict[str, tuple] = field(default_factory=dict)  # unit -> (stamp, digest)
+    shipped: dict[str, _Version] = field(default_factory=dict)  # unit name -> what it got
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -69,20 +69,30 @@ def _settle(client: Any, state: _ClusterState, todo: set[str], what: str) -> Non
     ship = bool(config.get("ship-local-modules", True))
     extra = frozenset(config.get("ship-modules", None) or ())
     to_check: list[str] = []
-    to_ship: list[localcode.LocalUnit] = []
-    for name in sorted(todo):
+    to_ship: list[_Version] = []
+    seen: set[str] = set()
+    # The work's modules, then the local ones those import. Other imports of a
+    # local module are not checked: it may guard them (try: import fast_thing).
+    work = set(todo)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
         unit = _unit(name, extra) if ship or name in extra else None
         if unit is not None:
-            to_ship.append(unit)
+            version = _version(state, unit)
+            to_ship.append(version)
+            todo.update(version.imports - state.ok)
         elif localcode.is_stdlib(name) or name in localcode.ALWAYS_THERE:
             state.ok.add(name)
-        else:
+        elif name in work:
             to_check.append(name)
     if to_check and config.get("check-modules", True):
-        _check_workers(client, to_check, what)  # raises before anything is sent
+        _check_workers(client, sorted(to_check), what)  # raises before anything is sent
     state.ok.update(to_check)
-    for unit in to_ship:
-        _ship(client, state, unit)
+    for version in to_ship:
+        _ship(client, state, version)
 
 
 def _unit(name: str, extra: frozenset[str]) -> localcode.LocalUnit | None:
@@ -95,19 +105,37 @@ def _unit(name: str, extra: frozenset[str]) -> localcode.LocalUnit | None:
     return unit
 
 
-def _ship(client: Any, state: _ClusterState, unit: localcode.LocalUnit) -> None:
+@dataclass
+class _Version:
+    """One local unit as it is now: sources read only when its files changed."""
+
+    name: str
+    stamp: tuple
+    digest: str
+    imports: frozenset[str]
+    modules: dict | None = None  # None: unchanged since shipped
+
+
+def _version(state: _ClusterState, unit: localcode.LocalUnit) -> _Version:
     stamp = unit.stamp()
     shipped = state.shipped.get(unit.name)
-    if shipped is not None and shipped[0] == stamp:
-        return  # the usual case: unchanged since it was sent
+    if shipped is not None and shipped.stamp == stamp:
+        return shipped  # the usual case: unchanged since it was sent
     # New or changed: look again (a package may have new files), read, compare.
     fresh = localcode.find_unit(unit.name, frozenset({unit.name})) or unit
     _units[unit.name] = fresh
-    stamp = fresh.stamp()
     modules, digest = fresh.sources()
-    if shipped is None or shipped[1] != digest:
-        client.register_plugin(remote_modules.ShipModules(fresh.name, modules, digest))
-    state.shipped[unit.name] = (stamp, digest)
+    return _Version(unit.name, fresh.stamp(), digest, localcode.imports_of(modules), modules)
+
+
+def _ship(client: Any, state: _ClusterState, version: _Version) -> None:
+    shipped = state.shipped.get(version.name)
+    if version.modules is not None and (shipped is None or shipped.digest != version.digest):
+        client.register_plugin(
+            remote_modules.ShipModules(version.name, version.modules, version.digest)
+        )
+    version.modules = None  # sent: keep only what identifies it
+    state.shipped[version.name] = version
 
 
 def _check_workers(client: Any, names: list[str], what: str) -> None:
