@@ -292,6 +292,17 @@ def test_lru_cache_helpers_arrive_by_value(shell):
     assert ok(shell, "slow_square.cache_info().currsize") >= 1  # the notebook's cache is kept
 
 
+def test_lru_cache_and_cached_property_in_a_notebook_class(shell):
+    ok(
+        shell,
+        "import functools\nclass Box:\n    @functools.cached_property\n    def size(self):\n"
+        "        return 5\n    @functools.lru_cache\n    def scaled(self, x):\n"
+        "        return x * self.size\n@compute_this\ndef measure(box):\n"
+        "    return box.scaled(3), box.size",
+    )
+    assert ok(shell, "measure(Box()).compute()") == (15, 5) == ok(shell, "measure.local(Box())")
+
+
 def test_lru_cache_with_a_size_keeps_it():
     from dc_jupyter.core import pickling
 

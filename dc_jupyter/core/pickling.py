@@ -39,10 +39,20 @@ def _reduce_lru_cache(wrapper: Any) -> Any:
     return remote_modules.cached, (wrapped, params["maxsize"], params["typed"])
 
 
+def _reduce_cached_property(prop: functools.cached_property) -> Any:
+    # Before Python 3.12 it holds an RLock, so a notebook class using it could not
+    # be sent at all; the function and the attribute name are all it needs.
+    return remote_modules.cached_property, (prop.func, prop.attrname)
+
+
 def _pickler_class() -> type:
     base = remote_job.pickler_class()  # ``remote.job`` holds the one hook on cloudpickle
+    ours = {
+        functools._lru_cache_wrapper: _reduce_lru_cache,
+        functools.cached_property: _reduce_cached_property,
+    }
     # One ChainMap level: each lookup of a level costs a Python call per object.
-    table = ChainMap({functools._lru_cache_wrapper: _reduce_lru_cache}, *base.dispatch_table.maps)
+    table = ChainMap(ours, *base.dispatch_table.maps)
     return type("NotebookPickler", (base,), {"dispatch_table": table})
 
 

@@ -119,3 +119,10 @@ def missing(names) -> list:
 def cached(function, maxsize, typed):
     """``functools.lru_cache`` rebuilt around a function that arrived by value (empty cache)."""
     return functools.lru_cache(maxsize=maxsize, typed=typed)(function)
+
+
+def cached_property(function, attrname):
+    """``functools.cached_property`` rebuilt in a class that arrived by value."""
+    prop = functools.cached_property(function)
+    prop.attrname = attrname  # __set_name__ does not run for a class rebuilt by pickle
+    return prop
