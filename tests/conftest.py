@@ -104,6 +104,22 @@ def scheduler_task_count(client) -> int:
     return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
 
 
+@pytest.fixture(scope="module")
+def ip():
+    """The IPython shell with dc_jupyter loaded (one per module; see ``ipython_shell``)."""
+    shell = ipython_shell()
+    shell.run_line_magic("load_ext", "dc_jupyter")
+    return shell
+
+
+def connected_shell(ip, address: str):
+    """``ip`` with an empty namespace, dc_jupyter loaded and connected to ``address``."""
+    ip.reset()
+    ip.run_line_magic("load_ext", "dc_jupyter")
+    ip.run_line_magic("distribute", f"connect {address}")
+    return ip
+
+
 def ipython_shell():
     """The one IPython shell of this test process.
 

@@ -168,6 +168,8 @@ def test_interrupt_stops_the_running_cell_on_the_worker(kernel, lclient, cell):
     ended = time.monotonic()
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
     stopped_after = messages[-1]["idle_at"] - messages[0]["interrupted_at"]
+    # 0.1-0.7 s on a quiet machine; on a loaded one the kernel's first traceback
+    # alone (IPython scanning every module) can take seconds.
     assert stopped_after < 2, f"the cell took {stopped_after:.1f} s to stop waiting"
     assert sum(m["msg_type"] == "error" for m in messages) == 1
     assert not cell_is_running(lclient)

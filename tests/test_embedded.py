@@ -15,7 +15,6 @@ import pty
 import queue
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -192,6 +191,8 @@ def test_kernel_interrupt_reaches_only_the_notebook(kernel, code):
     reply, _, took = kernel.run(code, interrupt_after=3)
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
     _check_next_call_and_workers(kernel)
+    # 0.5 s on a quiet machine; on a loaded one (load 19) the kernel's first
+    # traceback alone, IPython scanning every module (inspect.getmodule), took 5-8 s.
     assert took < 2, f"KeyboardInterrupt came {took:.1f} s after the interrupt"
 
 
@@ -238,11 +239,8 @@ def test_sigkill_of_the_kernel_leaves_no_process_behind(tmp_path):
         assert wait_until(lambda: not any(_alive(p.pid) for p in started), timeout=15), [
             p for p in started if _alive(p.pid)
         ]
-        if not wait_until(lambda: not directory.exists(), timeout=15):
-            # Known defect (issue 11, kept open): from a killed *kernel* the cluster's
-            # directory (keys, logs) can stay behind; from a killed script it goes.
-            shutil.rmtree(directory, ignore_errors=True)
-            pytest.xfail("the killed kernel's cluster directory was left behind (issue 11)")
+        # Its keys and logs go too: nobody else would ever remove them.
+        assert wait_until(lambda: not directory.exists(), timeout=15), sorted(directory.rglob("*"))
     finally:
         k.kc.stop_channels()
         k.km.cleanup_resources()
@@ -533,6 +531,16 @@ def test_dask_tools_use_the_embedded_cluster(embedded):
         assert int(da.ones(1000, chunks=100).sum().compute()) == 1000
     workers = {t["worker"] for t in stream.data}
     assert workers and workers <= set(client.scheduler_info()["workers"])
+
+
+def test_the_embedded_cluster_is_a_cluster_object_for_cluster_option(embedded):
+    cluster, client = embedded
+    assert client.cluster is cluster and cluster.scheduler_address == client.scheduler.address
+    # What a user passes on: the cluster object Dask's own client holds (TLS included).
+    doubled = compute_this(cluster=client.cluster)(lambda x: 2 * x)
+    assert doubled(21).compute() == 42
+    assert doubled.map([1, 2, 3]).compute() == [2, 4, 6]
+    assert cluster.scheduler_address in repr(cluster) or cluster.name in repr(cluster)
 
 
 def test_a_users_earlier_client_stays_the_default(cluster):

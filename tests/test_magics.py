@@ -10,7 +10,12 @@ import traceback
 
 import numpy as np
 import pytest
-from conftest import ipython_shell, process_cluster, scheduler_task_count, wait_until
+from conftest import (
+    connected_shell,
+    process_cluster,
+    scheduler_task_count,
+    wait_until,
+)
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
@@ -20,20 +25,10 @@ from dc_jupyter import SerializationError
 IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "compute_this"}
 
 
-@pytest.fixture(scope="module")
-def ip():
-    shell = ipython_shell()
-    shell.run_line_magic("load_ext", "dc_jupyter")
-    return shell
-
-
 @pytest.fixture
 def shell(ip, cluster):
     """A shell with an empty namespace whose work goes to the session cluster."""
-    ip.reset()
-    ip.run_line_magic("load_ext", "dc_jupyter")
-    ip.run_line_magic("distribute", f"connect {cluster.address}")
-    return ip
+    return connected_shell(ip, cluster.address)
 
 
 def run(shell, cell: str):

@@ -19,7 +19,7 @@ import time
 
 import cloudpickle
 import pytest
-from conftest import BLOCK_PRELOAD, ipython_shell, scheduler_task_count, wait_until
+from conftest import BLOCK_PRELOAD, connected_shell, scheduler_task_count, wait_until
 from IPython.utils.capture import capture_output
 
 from dc_jupyter import compute_this
@@ -64,19 +64,9 @@ def steady(rclient):
     )
 
 
-@pytest.fixture(scope="module")
-def ip():
-    shell = ipython_shell()
-    shell.run_line_magic("load_ext", "dc_jupyter")
-    return shell
-
-
 @pytest.fixture
 def shell(ip, rcluster):
-    ip.reset()
-    ip.run_line_magic("load_ext", "dc_jupyter")
-    ip.run_line_magic("distribute", f"connect {rcluster.address}")
-    return ip
+    return connected_shell(ip, rcluster.address)
 
 
 def worker_pids(client) -> list[int]:

@@ -8,10 +8,15 @@ restart, SIGKILL):
 
 - a thread blocks on the read end of a pipe whose write end only the notebook
   process holds (``DC_JUPYTER_PARENT_FD``); end of file means the notebook is
-  gone, so it asks Dask to shut down (SIGTERM) and exits for sure soon after;
+  gone;
 - ``PR_SET_PDEATHSIG`` as a second line, when the notebook asked for it (only
   safe when the notebook started us from its main thread: the signal follows
-  the thread that forked, not the process).
+  the thread that forked, not the process). It sends SIGUSR1, not SIGTERM, so
+  that we know why we are stopping.
+
+Either way ``_parent_died`` runs once: it removes the cluster's directory, asks
+Dask to shut down with ONE SIGTERM (Dask restores the default handler after
+the first, so a second would kill us mid-cleanup), and exits for sure soon after.
 
 A nanny's worker process follows its nanny on its own (Dask's parent pipe).
 """
@@ -36,16 +41,33 @@ def _remove_leftovers() -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _exit_with_parent(fd: int) -> None:
+_parent_gone = threading.Event()
+_once = threading.RLock()  # re-entrant: the signal handler runs on the main thread
+
+
+def _parent_died() -> None:
+    """The notebook process is gone: clean up and let Dask close, once."""
+    with _once:
+        if _parent_gone.is_set():
+            return
+        _parent_gone.set()
+    _remove_leftovers()
+    os.kill(os.getpid(), signal.SIGTERM)  # Dask's own handler: a clean close
+    threading.Thread(target=_exit_after_grace, name="dc_jupyter-exit", daemon=True).start()
+
+
+def _exit_after_grace() -> None:
+    time.sleep(GRACE_SECONDS)
+    os._exit(1)
+
+
+def _watch_parent_pipe(fd: int) -> None:
     try:
         while os.read(fd, 4096):
             pass
     except OSError:
         pass
-    _remove_leftovers()
-    os.kill(os.getpid(), signal.SIGTERM)  # Dask's own handler: a clean close
-    time.sleep(GRACE_SECONDS)
-    os._exit(1)
+    _parent_died()
 
 
 def _set_parent_death_signal() -> None:
@@ -54,7 +76,7 @@ def _set_parent_death_signal() -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGUSR1), 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the pipe alone does it
         pass
 
@@ -73,16 +95,16 @@ def _use_parent_sys_path() -> None:
 
 def main() -> None:
     """Tie this process to the notebook, then run the Dask command in ``sys.argv[1]``."""
-    parent = os.getppid()
-    # The parent-death signal can end Dask before the pipe thread runs: remove
+    # A nanny may still write scratch files after the first removal: remove
     # the leftovers on the way out too, when the notebook is gone.
-    atexit.register(lambda: os.getppid() != parent and _remove_leftovers())
+    atexit.register(lambda: _parent_gone.is_set() and _remove_leftovers())
     if os.environ.get("DC_JUPYTER_PDEATHSIG") == "1":
+        signal.signal(signal.SIGUSR1, lambda *_: _parent_died())
         _set_parent_death_signal()
     fd = os.environ.get("DC_JUPYTER_PARENT_FD")
     if fd is not None:
         threading.Thread(
-            target=_exit_with_parent, args=(int(fd),), name="dc_jupyter-parent-watch", daemon=True
+            target=_watch_parent_pipe, args=(int(fd),), name="dc_jupyter-parent-watch", daemon=True
         ).start()
     _use_parent_sys_path()
     command, args = sys.argv[1], sys.argv[2:]
