@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import HERE, ipython_shell, process_cluster
+from conftest import HERE, connected_shell, ipython_shell, process_cluster
 from IPython.utils.capture import capture_output
 from nbclient import NotebookClient
 
@@ -101,14 +101,11 @@ def _forget_local_modules():
 @pytest.fixture
 def shell(notebook_dir, far_cluster, monkeypatch):
     """An IPython shell working in the notebook directory, connected to the far cluster."""
-    ip = ipython_shell()
-    ip.reset()
     monkeypatch.chdir(notebook_dir)
     monkeypatch.syspath_prepend(str(notebook_dir))
     _forget_local_modules()
     write(notebook_dir / "mylib.py", MYLIB_V1)
-    ip.run_line_magic("load_ext", "dc_jupyter")
-    ip.run_line_magic("distribute", f"connect {far_cluster.address}")
+    ip = connected_shell(ipython_shell(), far_cluster.address)
     ip.run_cell("from dc_jupyter import compute_this")
     yield ip
     _forget_local_modules()
