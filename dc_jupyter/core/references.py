@@ -39,15 +39,15 @@ def _registered_by_value() -> set[str]:
     return {name.partition(".")[0] for name in cloudpickle.list_registry_pickle_by_value()}
 
 
-#: Objects pickled by name seen before -> their top-level module: module-level
-#: functions and classes live as long as their module, so nothing leaks.
+#: Functions and classes seen before -> the top-level module they are pickled
+#: by ("" when by value), so a call's pickle costs a dict lookup per object.
 _named: dict[int, tuple[Any, str]] = {}
 #: Whole kinds that name no module: skipped with one set lookup (the hot path).
 _PLAIN = frozenset({str, bytes, tuple, list, dict, int, float, type(None), types.CellType})
 #: id(code object) -> (code, top-level modules its ``import`` statements name);
 #: kept small, as notebook functions are redefined.
 _code_imports: dict[int, tuple[types.CodeType, frozenset[str]]] = {}
-_CODE_CACHE_SIZE = 4096
+_CODE_CACHE_SIZE = 4096  # for both caches
 
 
 def _imports_in(code: types.CodeType) -> frozenset[str]:
@@ -92,8 +92,10 @@ def modules_in(memo: Iterable[tuple[int, Any]]) -> set[str]:
                 continue
             if registered is None:
                 registered = _registered_by_value()
-            if not by_value(obj, registered):
-                top = module.partition(".")[0]
-                _named[id(obj)] = (obj, top)
+            top = "" if by_value(obj, registered) else module.partition(".")[0]
+            if len(_named) >= _CODE_CACHE_SIZE:  # closures made per call would pile up
+                _named.clear()
+            _named[id(obj)] = (obj, top)  # by value (""): looked up once too
+            if top:
                 names.add(top)
     return names
