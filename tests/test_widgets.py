@@ -148,6 +148,43 @@ def test_notebook_keeps_final_state_as_static_html(tmp_path, cluster):
 # -- in this process: traffic, threads, fallbacks ----------------------------------
 
 
+def test_work_still_running_when_the_kernel_stops_says_so(tmp_path, cluster):
+    """A displayed handle whose work outlives the kernel: its output ends as a static
+    "not finished when the kernel stopped", not as its last live state."""
+    import queue
+
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(
+        cwd=str(tmp_path), env={**os.environ, "DASK_SCHEDULER_ADDRESS": cluster.address}
+    )
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        reply = kc.execute_interactive(
+            SETUP + "handle = square.map(range(1000)).submit()\nhandle", timeout=120
+        )
+        assert reply["content"]["status"] == "ok", reply["content"]
+        km.shutdown_kernel(now=False)  # as File > Shut Down Kernel does
+        updates, deadline = [], time.monotonic() + 30
+        while time.monotonic() < deadline and not updates:
+            try:
+                msg = kc.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                continue
+            if msg["msg_type"] == "update_display_data":
+                updates.append(msg["content"]["data"])
+        assert updates, "no final update of the live view before the kernel ended"
+        assert "not finished when the kernel stopped" in updates[-1]["text/plain"]
+        assert WIDGET_VIEW not in updates[-1] and "dcj-" in updates[-1]["text/html"]
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
+
+
 @pytest.fixture
 def comm_messages():
     """Count the comm messages widgets send.

@@ -45,12 +45,16 @@ class CellAnalysis:
     star_import: bool = False  # ``from m import *``: outputs cannot be known in advance
     builtins_read: tuple[str, ...] = ()  # builtin names read (shadowed in the notebook?)
     imports: tuple[str, ...] = ()  # top-level modules imported anywhere in the cell
+    #: Of ``inputs``, those read only inside function bodies: looked up when the
+    #: function is called, so they need not exist yet (late binding).
+    late_inputs: tuple[str, ...] = ()
 
 
 def analyze_cell(source: str, filename: str = "<cell>") -> CellAnalysis:
     """Analyse ``source`` (plain Python); raises ``SyntaxError`` like ``compile`` would."""
     tree = ast.parse(source, filename)
-    compile(tree, filename, "exec", dont_inherit=True)  # the compiler's own scope checks
+    # The compiler's own scope checks; top-level `await` is allowed, as in IPython.
+    compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
     walker = _TopLevel()
     walker.block(tree.body)
     walker.resolve_deferred()
@@ -67,6 +71,7 @@ def analyze_cell(source: str, filename: str = "<cell>") -> CellAnalysis:
         star_import=walker.star_import,
         builtins_read=tuple(builtins_read),
         imports=_imported_modules(tree),
+        late_inputs=tuple(n for n in walker.late if n not in BUILTIN_NAMES),
     )
 
 
@@ -304,6 +309,7 @@ class _TopLevel(ast.NodeVisitor):
         self.deferred: dict[str, None] = {}  # read by function bodies, resolved at the end
         self.bound_here: set[str] = set()  # bound by a top-level statement somewhere
         self.star_import = False
+        self.late: list[str] = []  # read only by function bodies, bound nowhere in the cell
 
     # state helpers
     def load(self, name: str) -> None:
@@ -340,9 +346,9 @@ class _TopLevel(ast.NodeVisitor):
         self.possible = set.union(start[1], *(e[1] for e in ends))
 
     def resolve_deferred(self) -> None:
-        for name in self.deferred:
-            if name not in self.bound_here:
-                self.inputs.setdefault(name)
+        self.late = [n for n in self.deferred if n not in self.bound_here and n not in self.inputs]
+        for name in self.late:
+            self.inputs.setdefault(name)
 
     def block(self, body: list[ast.stmt]) -> None:
         for stmt in body:

@@ -184,7 +184,11 @@ def _plan(shell: Any, cell: str, options: CellOptions, header: str) -> _Plan:
             continue
         if name in user_ns:
             captured[name] = user_ns[name]
-        elif name not in analysis.outputs and not analysis.star_import:
+        elif (
+            name not in analysis.outputs
+            and name not in analysis.late_inputs  # a function body's: looked up when called
+            and not analysis.star_import
+        ):
             raise NameError(
                 f"name {name!r} is not defined: the cell reads it, but it is not in the "
                 "notebook, not a builtin, and the cell does not assign it. Nothing was sent.",
@@ -373,12 +377,22 @@ def _apply(shell: Any, plan: _Plan, outcome: dict) -> Any:
     """Put the cell's names into the notebook namespace, all at once."""
     user_ns = shell.user_ns
     values = outcome["values"]
+    changed = [n for n in outcome.get("changed", ()) if n in values]
+    if plan.options.pull is not None:  # only the names asked for come back
+        values = {n: v for n, v in values.items() if n not in changed or n in plan.names}
+        changed = [n for n in changed if n in plan.names]
     _warn_replaced_by_lists(plan, outcome, user_ns)
     if plan.options.pull is None and plan.options.map_name is None:
         values = {name: _rehome(value, user_ns) for name, value in values.items()}
     user_ns.update(values)
     for name in outcome["deleted"]:
         user_ns.pop(name, None)
+    if changed:
+        print(
+            f"%%distribute: {', '.join(changed)} changed in place on the cluster; "
+            "the changed value replaces the notebook's.",
+            file=sys.stderr,
+        )
     for name, reason in outcome.get("skipped", {}).items():
         print(
             f"%%distribute: {name!r} was not brought back: {reason}. Delete it at the end of "

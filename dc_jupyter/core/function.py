@@ -5,14 +5,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
+import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
+
+import cloudpickle
 
 from dc_jupyter import config
 from dc_jupyter.core.job import Job
 from dc_jupyter.core.map import MapJob
 from dc_jupyter.core.signature import make_binder
+from dc_jupyter.remote import inline as remote_inline
+from dc_jupyter.remote import job as remote_job
+
+# Workers don't have dc_jupyter: the inline stand-in travels by value.
+cloudpickle.register_pickle_by_value(remote_inline)
 
 if TYPE_CHECKING:
     from dc_jupyter.backends.base import Backend
@@ -64,6 +74,11 @@ class JobOptions:
             )
 
 
+#: token -> decorated function: what a decorated function pickled in a job turns
+#: back into when it returns to this process (``remote.inline.restore``).
+registry: weakref.WeakValueDictionary[str, RemoteFunction] = weakref.WeakValueDictionary()
+
+
 class RemoteFunction:
     """A function whose calls return lazy ``Job`` objects instead of running.
 
@@ -76,7 +91,13 @@ class RemoteFunction:
         if not callable(func):
             raise TypeError(f"@compute_this decorates a function, not {func!r}")
         functools.update_wrapper(self, func)
+        if not hasattr(self, "__name__"):  # a functools.partial, a callable object
+            inner = getattr(func, "func", func)
+            self.__name__ = getattr(inner, "__name__", None) or type(inner).__name__
+            self.__qualname__ = getattr(inner, "__qualname__", self.__name__)
         self.options = options
+        self._token = uuid.uuid4().hex
+        registry[self._token] = self
         try:
             self._bind = make_binder(func, getattr(func, "__name__", None))
         except (TypeError, ValueError):
@@ -85,12 +106,19 @@ class RemoteFunction:
         self._backend: Backend | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Job:
+        if remote_job.job_flag().get() and not remote_inline.sends_result(sys._getframe(1)):
+            # Called by a job's code (local backend, this process): a plain call.
+            return remote_inline.plain_call(self.__wrapped__, args, kwargs)
         bound = self._bind(*args, **kwargs)
         return Job(self, args, kwargs, bound)
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the plain function in this process, without pickling or a cluster."""
-        return self.__wrapped__(*args, **kwargs)
+        """Call the plain function in this process, without pickling or a cluster.
+
+        As in a job, decorated functions it calls run as plain calls too (recursion).
+        """
+        with remote_job.inside_job():
+            return self.__wrapped__(*args, **kwargs)
 
     def map(self, *iterables: Iterable) -> MapJob:
         """A lazy job that calls the function once per item, like the builtin ``map``.
@@ -119,6 +147,17 @@ class RemoteFunction:
         if instance is None:
             return self
         return functools.partial(self.__call__, instance)
+
+    def __reduce__(self) -> Any:
+        # Inside a job's payload (a helper, a method, a partial): workers have no
+        # dc_jupyter, so it travels as the plain function; back here it is this object.
+        spec = {
+            "name": self.__name__,
+            "retries": self.options.retries,
+            "resources": dict(self.options.resources),
+            "timeout": self.options.timeout,
+        }
+        return (remote_inline.restore, (self._token, self.__wrapped__, spec))
 
     def __repr__(self) -> str:
         return f"<compute_this {self.__qualname__}{self.__signature__}>"

@@ -24,7 +24,7 @@ import threading
 import cloudpickle
 
 # Functions, not the module: only what the cell uses travels (by value) with it.
-from dc_jupyter.remote.job import dumps_keeping_filenames, type_name
+from dc_jupyter.remote.job import dumps_keeping_filenames, inside_job, run_coroutine, type_name
 
 OUTPUT_TOPIC = "dc_jupyter-cell-output"
 FLUSH_INTERVAL = 0.1
@@ -47,8 +47,9 @@ def run_cell(
     """Run ``source`` in a namespace made of the captured values.
 
     Returns a pickled dict: ``values`` (the ``names`` the cell left bound; every
-    name if ``send_all``), ``deleted`` (of ``deleted``, those now unbound) and
-    ``result`` (the last expression's value when ``has_result``).
+    name if ``send_all``), ``deleted`` (of ``deleted``, those now unbound),
+    ``result`` (the last expression's value when ``has_result``) and ``changed``
+    (captured values the cell changed in place; their values are in ``values``).
     """
     namespace = cloudpickle.loads(namespace_blob)
     namespace["__name__"] = "__main__"  # so cloudpickle sends cell functions by value
@@ -60,18 +61,132 @@ def run_cell(
         namespace["get_ipython"] = lambda: shell
     tree = ast.parse(source, filename)
     last = tree.body.pop() if has_result and tree.body else None
-    with _forwarding_output(cell_id, part):
-        exec(compile(tree, filename, "exec"), namespace)
-        result = None
-        if last is not None:
-            expression = ast.Expression(last.value)
-            result = eval(compile(expression, filename, "eval"), namespace)
+    watched = _snapshot(namespace, names) if sweep_name is None else {}
+    with _forwarding_output(cell_id, part), inside_job():
+        result = _execute(tree, last, filename, namespace)
     if send_all:
         skip = {sweep_name, "get_ipython"}
         names = [n for n in namespace if not n.startswith("__") and n not in skip]
     values = {n: namespace[n] for n in names if n in namespace}
+    changed = _changed(namespace, watched)
+    values.update({n: namespace[n] for n in changed})
     gone = [n for n in deleted if n not in namespace]
-    return _dump_outcome({"values": values, "deleted": gone, "result": result})
+    return _dump_outcome({"values": values, "deleted": gone, "result": result, "changed": changed})
+
+
+# -- compiling and running as IPython does -------------------------------------------
+
+#: IPython's flags for a cell: top-level ``await`` allowed. ``dont_inherit`` keeps
+#: this module's own ``from __future__`` flags out of the user's code.
+_FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+
+
+def _execute(tree: ast.Module, last, filename: str, namespace: dict):
+    """Run the cell's statements, then evaluate ``last`` (its final expression).
+
+    A cell with top-level ``await`` compiles to a coroutine, run on one event
+    loop for the whole cell, as IPython's autoawait runs it.
+    """
+    loop = None
+    try:
+        code = compile(tree, filename, "exec", flags=_FLAGS, dont_inherit=True)
+        loop = _run(eval(code, namespace), loop)  # noqa: S307 - the user's own cell
+        if last is None:
+            return None
+        expression = compile(
+            ast.Expression(last.value), filename, "eval", flags=_FLAGS, dont_inherit=True
+        )
+        value = eval(expression, namespace)  # noqa: S307
+        if _is_coroutine_code(expression):
+            loop = loop or _new_loop()
+            value = run_coroutine(value, loop)
+        return value
+    finally:
+        if loop is not None:
+            loop.close()
+
+
+def _run(outcome, loop):
+    """Await what a cell's ``exec``-mode code returned, if it is a coroutine; the loop used."""
+    import inspect
+
+    if not inspect.iscoroutine(outcome):
+        return loop
+    loop = loop or _new_loop()
+    run_coroutine(outcome, loop)
+    return loop
+
+
+def _new_loop():
+    import asyncio
+
+    return asyncio.new_event_loop()
+
+
+def _is_coroutine_code(code) -> bool:
+    import inspect
+
+    return bool(code.co_flags & inspect.CO_COROUTINE)
+
+
+# -- in-place changes ------------------------------------------------------------------
+
+#: Never compared: values that cannot change in place, and code (modules,
+#: functions, classes), which a cell uses rather than changes.
+_NOT_WATCHED = (int, float, complex, bool, str, bytes, type(None), range, type)
+
+
+def _snapshot(namespace: dict, assigned) -> dict:
+    """Pickles of the captured notebook values the cell does not assign, to compare
+    after it ran: a change in place (``results.append(x)``) is found there."""
+    import types
+
+    code = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+    watched = {}
+    skip = set(assigned)
+    for name, value in namespace.items():
+        if name.startswith("__") or name in skip or isinstance(value, _NOT_WATCHED + code):
+            continue
+        try:
+            watched[name] = (value, _digest(value))
+        except Exception:  # cannot pickle it here: it cannot come back either
+            pass
+    return watched
+
+
+def _digest(value) -> bytes:
+    """A hash of ``value``'s pickle: equal before and after unless it changed.
+
+    A digest, not the pickle, so a big captured array is not held twice; its
+    data is hashed where it lies (pickle protocol 5 buffers), without a copy.
+    Change detection, not security: SHA-1 is the fastest stdlib hash here.
+    """
+    import hashlib
+    import io
+
+    buffers = []
+    stream = io.BytesIO()
+    cloudpickle.Pickler(stream, protocol=PICKLE_PROTOCOL, buffer_callback=buffers.append).dump(
+        value
+    )
+    digest = hashlib.sha1(stream.getbuffer(), usedforsecurity=False)
+    for buffer in buffers:
+        digest.update(buffer.raw())
+    return digest.digest()
+
+
+def _changed(namespace: dict, watched: dict) -> list:
+    """Names of watched values that are still bound to the same object, changed."""
+    changed = []
+    for name, (value, before) in watched.items():
+        if namespace.get(name) is not value:
+            continue  # rebound or deleted by code the analysis could not see
+        try:
+            if _digest(value) != before:
+                changed.append(name)
+        except Exception:
+            pass
+    return changed
 
 
 # -- results -------------------------------------------------------------------------
@@ -309,11 +424,13 @@ class WorkerShell:
         tree = ast.parse(code, "<timed exec>")
         last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
         start_times, start_wall = os.times(), time.perf_counter()
-        exec(compile(tree, "<timed exec>", "exec"), self.namespace)
+        exec(compile(tree, "<timed exec>", "exec", dont_inherit=True), self.namespace)
         value = None
         if last is not None:
             expression = ast.Expression(last.value)
-            value = eval(compile(expression, "<timed eval>", "eval"), self.namespace)
+            value = eval(
+                compile(expression, "<timed eval>", "eval", dont_inherit=True), self.namespace
+            )
         end_times, wall = os.times(), time.perf_counter() - start_wall
         user = end_times.user - start_times.user
         system = end_times.system - start_times.system

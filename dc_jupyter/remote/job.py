@@ -14,8 +14,10 @@ healthy, and Dask moves a single bytes frame instead of walking big containers.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import io
+import sys
 import threading
 import time
 import types
@@ -112,7 +114,84 @@ def call_payload(payload: bytes, dep_blobs=()):
             else:
                 kwargs[slot] = _fill(kwargs[slot], results)
     name = getattr(func, "__name__", None) or type(func).__name__
-    return name, func(*args, **kwargs)
+    return name, settle(func(*args, **kwargs))
+
+
+# -- inside a running job ------------------------------------------------------------
+
+
+def job_flag() -> contextvars.ContextVar:
+    """True while this thread (or a task it awaits) runs a job's code.
+
+    One variable per process, kept on ``sys``: this module exists in several
+    copies (installed by name, unpickled by value) and ``core.function`` reads
+    it too, so no module's globals can hold it.
+    """
+    flag = sys.__dict__.get("_dc_jupyter_in_job")
+    if flag is None:
+        flag = sys.__dict__.setdefault(
+            "_dc_jupyter_in_job", contextvars.ContextVar("dc_jupyter_in_job", default=False)
+        )
+    return flag
+
+
+@contextlib.contextmanager
+def inside_job():
+    """Mark the code run in this block as a job's: decorated functions it calls run inline."""
+    flag = job_flag()
+    token = flag.set(True)
+    try:
+        yield
+    finally:
+        flag.reset(token)
+
+
+def settle(value):
+    """``value``, or what it returns when awaited if it is a coroutine (``async def``)."""
+    import inspect
+
+    if not inspect.iscoroutine(value):
+        return value
+    return run_coroutine(value)
+
+
+def run_coroutine(coro, loop=None):
+    """Run ``coro`` to its end on ``loop`` (default: a new one), from synchronous code.
+
+    In a thread that already runs an event loop (the notebook's kernel, when the
+    local backend runs a job in it), the coroutine runs in a thread of its own:
+    a loop cannot be entered twice.
+    """
+    import asyncio
+
+    def run():
+        own = loop or asyncio.new_event_loop()
+        try:
+            return own.run_until_complete(coro)
+        finally:
+            if loop is None:
+                own.close()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
+    outcome = {}
+
+    def in_thread():
+        try:
+            outcome["value"] = run()
+        except BaseException as exc:  # raised again in the caller's thread
+            outcome["error"] = exc
+
+    # The coroutine still counts as the job's code in its own thread.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(in_thread,), name="dc_jupyter-await")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def type_name(value) -> str:
@@ -178,7 +257,7 @@ def run_job(payload: bytes, *dep_blobs: bytes) -> bytes:
     thousands of frames deep.
     """
     error = None
-    with running_task():
+    with running_task(), inside_job():
         try:
             name, result = call_payload(payload, dep_blobs)
         except BaseException as exc:
@@ -506,11 +585,11 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered, item_retries:
     values = [None] * len(items)
     errors = {}
     clock = time.perf_counter()
-    with running_task():  # cancel / Ctrl-C / timeout stop the batch mid-item
+    with running_task(), inside_job():  # cancel / Ctrl-C / timeout stop the batch mid-item
         for position, args in enumerate(items):
             for attempt in range(item_retries + 1):
                 try:
-                    values[position] = func(*args)
+                    values[position] = settle(func(*args))
                     break
                 except BaseException as exc:  # SystemExit & co. fail their item only
                     if _is_interrupt(exc):

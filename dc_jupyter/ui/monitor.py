@@ -75,6 +75,11 @@ class Monitor:
             except Exception:
                 logger.exception("dc_jupyter: drawing a final state failed")
 
+    def remaining(self) -> list[View]:
+        """The views still waiting for their work (a copy)."""
+        with self._lock:
+            return list(self._views)
+
     def watched(self) -> int:
         with self._lock:
             return len(self._views)

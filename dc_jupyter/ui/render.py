@@ -246,16 +246,21 @@ def lazy_job_html(name: str, arguments: str) -> str:
     )
 
 
-def unfinished_text(name: str) -> str:
+#: Why a view shows no final state: saved while running, or the kernel stopped.
+SAVED, KERNEL_STOPPED = "when this output was saved", "when the kernel stopped"
+
+
+def unfinished_text(name: str, when: str = SAVED) -> str:
     """What a live view's output says if it is saved (or the kernel ends) before
     the work ends: never a made-up state such as "queued · 0.0 s"."""
-    return f"{name}: not finished when this output was saved (run the cell again to see it)"
+    return f"{name}: not finished {when} (run the cell again to see it)"
 
 
-def unfinished_html(name: str) -> str:
+def unfinished_html(name: str, when: str = SAVED) -> str:
+    short = "not finished when saved" if when == SAVED else f"not finished {when}"
     return (
         f"<div class='dcj-job' data-state='unfinished' style='{_card_style('queued')}'>"
-        f"{_title_html(name)}{_state_html('unfinished', 'not finished when saved')}"
+        f"{_title_html(name)}{_state_html('unfinished', html.escape(short))}"
         "<small>run the cell again to see it</small></div>"
     )
 

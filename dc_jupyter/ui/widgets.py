@@ -19,6 +19,8 @@ the core of dc_jupyter never imports ipywidgets.
 
 from __future__ import annotations
 
+import atexit
+import logging
 import threading
 from typing import Any
 
@@ -27,6 +29,8 @@ from IPython.display import display
 
 from dc_jupyter.ui import render
 from dc_jupyter.ui.monitor import client_of, dashboard_link, monitor, where_running, worker_names
+
+logger = logging.getLogger(__name__)
 
 _HIDDEN = "none"
 
@@ -60,7 +64,19 @@ def _register_end_of_cell_hook() -> None:
     if shell is None or getattr(shell, "_dc_jupyter_final_hook", False):
         return
     shell.events.register("post_execute", monitor.refresh_done)
+    # The kernel stops (shutdown, restart) while work is displayed live: say so in
+    # the saved output instead of leaving its last live state ("queued · 0.0 s").
+    # Runs before ipykernel's own exit handlers, so iopub still delivers it.
+    atexit.register(_mark_unfinished_at_exit)
     shell._dc_jupyter_final_hook = True
+
+
+def _mark_unfinished_at_exit() -> None:
+    for view in monitor.remaining():
+        try:
+            view.abandon()
+        except Exception:  # exiting: never let a display problem stop that
+            logger.debug("dc_jupyter: could not mark a view unfinished", exc_info=True)
 
 
 class LiveView:
@@ -167,6 +183,24 @@ class LiveView:
         self.fetch_results = True
         if not self.refresh():
             monitor.add(self)
+
+    def abandon(self) -> None:
+        """The kernel is stopping before the work ended: show that, statically."""
+        with self._lock:
+            if self.finished:
+                return
+            self.finished = True
+            _set(self.cancel_button.layout, "display", _HIDDEN)
+            if self._display is not None:
+                when = render.KERNEL_STOPPED
+                self._display.update(
+                    {
+                        "text/plain": render.unfinished_text(self.label, when),
+                        "text/html": render.unfinished_html(self.label, when),
+                    },
+                    raw=True,
+                )
+            self.handle = None
 
     def _static(self) -> dict:
         return {"text/plain": self.text(self.state), "text/html": self.markup(self.state)}
