@@ -1,28 +1,40 @@
-"""dc_jupyter against bare Dask, side by side on one cluster, in one run.
+"""dc_jupyter against its peers, side by side, in one run and one process tree.
 
-    PYTHONPATH=. python benchmarks/bench.py [--quick] [--widgets-only] [--out benchmarks/results]
+    PYTHONPATH=. python benchmarks/bench.py [--quick] [--rounds N] [--extra] [--widgets-only] [--out DIR]
 
-Starts its own ``dask scheduler`` and one-thread ``dask worker`` processes
-(``ProcessCluster``), prints each measurement with its ratio and target, and
-writes ``benchmarks/results/bench-<date>.json``. Speed is checked here, not in
-the tests. ipyparallel is measured as a peer only if it is installed.
+Starts, all on 127.0.0.1, with two one-thread workers each: dc_jupyter's
+embedded default cluster; an external ``dask scheduler`` + ``dask worker``
+cluster (``ProcessCluster``, Dask's default configuration) used by dc_jupyter
+and by a bare ``distributed.Client``; and, when installed (``pip install
+-e .[bench]``), ipyparallel and Ray. Every measurement is the median of
+several rounds, with the systems called in a shuffled order each round, so
+load from other processes hits them all alike. Prints the ratio table of
+issue 14 with its must/aim targets, and writes
+``benchmarks/results/bench-<date>-<time>.json`` next to the earlier ones.
+``--extra`` adds the large-argument and widget-traffic measurements.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import dc_jupyter
 from dc_jupyter import compute_this
 from dc_jupyter.tools.cluster import ProcessCluster
+
+HOST = "127.0.0.1"
+N_WORKERS = 2
 
 
 def trivial(x):
@@ -39,258 +51,346 @@ def make_sleeper():
     return sleeper
 
 
-def _median_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1000
+def _median(samples: list[float]) -> float:
+    return statistics.median(samples)
 
 
-def round_trip(address: str, n: int) -> dict:
-    """(1) one func(x).compute() vs client.submit(f, x, pure=False).result(), interleaved.
+def _timed(call: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
-    The order of the three calls is shuffled in every round: Dask sends in
-    periodic batches (client, scheduler and worker each hold messages a few ms),
-    so a fixed order gives whichever call comes second a systematic advantage.
-    """
-    import random
 
-    from distributed import Client
-
-    client = dc_jupyter.connect(address)
-    bare = Client(address, set_as_default=False)
-    func = compute_this(trivial)
-    ours, plain, plain_tuned = [], [], []
-    rng = random.Random(0)
-    for i in range(n + 10):
-        calls = [
-            (ours, lambda i=i: func(i).compute()),
-            (plain, lambda i=i: bare.submit(trivial, i, pure=False).result()),
-            (plain_tuned, lambda i=i: client.submit(trivial, i, pure=False).result()),
-        ]
-        rng.shuffle(calls)
-        for samples, call in calls:
-            start = time.perf_counter()
-            call()
-            if i >= 10:  # the first calls warm up connections and worker imports
-                samples.append(time.perf_counter() - start)
-    bare.close()
+def shuffled_rounds(calls: dict[str, Callable[[], Any]], rounds: int, warmup: int = 3) -> dict:
+    """Time each call once per round, in a new random order every round; the medians."""
+    rng = random.Random(14)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for i in range(rounds + warmup):
+        order = list(calls.items())
+        rng.shuffle(order)
+        for name, call in order:
+            seconds = _timed(call)
+            if i >= warmup:  # the first calls open connections and import on workers
+                samples[name].append(seconds)
     return {
-        "dc_jupyter_ms": _median_ms(ours),
-        "bare_dask_ms": _median_ms(plain),
-        "bare_dask_on_dc_jupyter_client_ms": _median_ms(plain_tuned),
-        "ratio": statistics.median(ours) / statistics.median(plain),
-        "target": "<= 1.10",
-        "samples": n,
-        "order": "shuffled every round",
+        name: {"median_s": _median(s), "min_s": min(s), "max_s": max(s), "n": len(s)}
+        for name, s in samples.items()
     }
 
 
-def map_throughput(address: str, n_items: int, n_client_map: int) -> dict:
-    """(2) func.map of a trivial function vs client.map, in items per second."""
-    from distributed import Client
-
-    dc_jupyter.connect(address)
-    func = compute_this(trivial)
-    func.map(range(1000)).compute()  # warm up
-    best = 0.0
-    for _ in range(3):
-        start = time.perf_counter()
-        result = func.map(range(n_items)).compute()
-        best = max(best, n_items / (time.perf_counter() - start))
-        assert result[-1] == n_items - 1
-    with Client(address, set_as_default=False) as bare:
-        bare.gather(bare.map(trivial, range(100), pure=False))
-        start = time.perf_counter()
-        bare.gather(bare.map(trivial, range(n_client_map), pure=False))
-        dask_rate = n_client_map / (time.perf_counter() - start)
-    return {
-        "dc_jupyter_items_per_s": best,
-        "client_map_items_per_s": dask_rate,
-        "ratio": best / dask_rate,
-        "target": ">= 200 (ipyparallel map_sync chunksize=1000 reached ~490 here)",
-        "items": n_items,
-        "client_map_items": n_client_map,
-    }
+# -- the systems ---------------------------------------------------------------------
 
 
-def ipyparallel_map(n_items: int, n_engines: int) -> dict | None:
-    """Optional peer: ipyparallel's chunked map_sync, if ipyparallel is installed."""
+@contextlib.contextmanager
+def ipyparallel_peer() -> Iterator[Any]:
+    """Two ipyparallel engines on loopback, or None if ipyparallel is not installed."""
     try:
         import ipyparallel as ipp
     except ImportError:
-        return None
-    with ipp.Cluster(n=n_engines, log_level=40) as rc:
-        view = rc.load_balanced_view()
-        view.map_sync(trivial, range(1000), chunksize=1000)
-        start = time.perf_counter()
-        view.map_sync(trivial, range(n_items), chunksize=1000)
-        return {"items_per_s": n_items / (time.perf_counter() - start), "items": n_items}
+        yield None
+        return
+    # engine_timeout: engines start slowly on a loaded machine (Dask's get 300 s too).
+    cluster = ipp.Cluster(n=N_WORKERS, controller_ip=HOST, log_level=40, engine_timeout=300)
+    try:
+        rc = cluster.start_and_connect_sync()
+        rc.wait_for_engines(N_WORKERS, timeout=300)
+    except Exception as exc:  # a peer that cannot start is left out, not the whole run
+        print(f"ipyparallel did not start, left out: {type(exc).__name__}: {exc}")
+        with contextlib.suppress(Exception):
+            cluster.stop_cluster_sync()
+        yield None
+        return
+    try:
+        yield rc
+    finally:
+        with contextlib.suppress(Exception):
+            rc.close()
+        cluster.stop_cluster_sync()
 
 
-def scaling(address_of: Callable[[int], str], counts: list[int], per_worker: int) -> dict:
-    """(3) throughput of 50 ms functions at 1..8 workers; efficiency vs perfect scaling.
+@contextlib.contextmanager
+def ray_peer() -> Iterator[Any]:
+    """A Ray node with 2 CPUs on loopback, no dashboard; None if Ray is not installed."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
+    try:
+        import ray
+    except ImportError:
+        yield None
+        return
+    try:
+        ray.init(
+            num_cpus=N_WORKERS,
+            include_dashboard=False,
+            _node_ip_address=HOST,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    except Exception as exc:  # e.g. its node times out on a loaded machine: left out
+        print(f"Ray did not start, left out: {type(exc).__name__}: {exc}")
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        yield None
+        return
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
 
-    The functions sleep: this 2-core machine cannot run 8 CPU-bound workers,
-    and sleeping measures what dc_jupyter adds (dispatch, batching, balance).
-    """
-    sleeper = compute_this(make_sleeper())
-    rates = {}
-    for n in counts:
-        dc_jupyter.connect(address_of(n))
-        items = per_worker * n
-        sleeper.map(range(n), [0.0] * n).compute()  # warm up
-        start = time.perf_counter()
-        sleeper.map(range(items), [0.05] * items).compute()
-        rates[n] = items / (time.perf_counter() - start)
-    base = rates[counts[0]] / counts[0]
-    return {
-        "items_per_s": rates,
-        "efficiency": {n: rates[n] / (base * n) for n in counts},
-        "efficiency_vs_ideal": {n: rates[n] / (n / 0.05) for n in counts},
-        "target": ">= 0.90 at 8 workers",
-        "items_per_worker": per_worker,
-        "note": "50 ms sleeps: measures dispatch on a 2-core machine",
+
+# -- the measurements ----------------------------------------------------------------
+
+
+def one_call(emb: Any, ext_address: str, bare: Any, rc: Any, ray: Any, rounds: int) -> dict:
+    """Latency of one trivial call on each system, rounds interleaved and shuffled."""
+    ours_emb = compute_this(client=emb)(trivial)
+    ours_ext = compute_this(address=ext_address)(trivial)
+    calls = {
+        "dc_jupyter embedded": lambda: ours_emb(1).compute(),
+        "dc_jupyter external": lambda: ours_ext(1).compute(),
+        "bare Dask external": lambda: bare.submit(trivial, 1, pure=False).result(),
     }
+    if rc is not None:
+        view = rc.load_balanced_view()
+        calls["ipyparallel apply_sync"] = lambda: view.apply_sync(trivial, 1)
+    if ray is not None:
+        remote = ray.remote(trivial)
+        calls["Ray get(f.remote())"] = lambda: ray.get(remote.remote(1))
+    return shuffled_rounds(calls, rounds)
+
+
+def many_jobs(ext_address: str, bare: Any, n: int, rounds: int) -> dict:
+    """n independent jobs: compute(*jobs), a loop of .submit(), and bare Dask's ways."""
+    ours = compute_this(address=ext_address)(trivial)
+
+    def submit_loop() -> None:
+        handles = [ours(i).submit() for i in range(n)]
+        assert [h.result() for h in handles][-1] == n - 1
+
+    def bare_submit_loop() -> None:
+        futures = [bare.submit(trivial, i, pure=False) for i in range(n)]
+        assert [f.result() for f in futures][-1] == n - 1
+
+    calls = {
+        "dc_jupyter.compute(*jobs)": lambda: dc_jupyter.compute(*[ours(i) for i in range(n)]),
+        "client.gather(client.map)": lambda: bare.gather(bare.map(trivial, range(n), pure=False)),
+        "dc_jupyter .submit() loop": submit_loop,
+        "bare client.submit loop": bare_submit_loop,
+    }
+    return shuffled_rounds(calls, rounds, warmup=1)
+
+
+def big_map(emb: Any, rc: Any, n: int, rounds: int) -> dict:
+    """A map of n trivial items: dc_jupyter (embedded), ipyparallel chunked, the local limits."""
+    import cloudpickle
+
+    ours = compute_this(client=emb)(trivial)
+    items = list(range(n))
+    calls = {
+        "dc_jupyter map": lambda: ours.map(items).compute(),
+        "local map": lambda: list(map(trivial, items)),
+        "cloudpickle round trip": lambda: cloudpickle.loads(cloudpickle.dumps(items)),
+    }
+    if rc is not None:
+        view = rc.load_balanced_view()
+        calls["ipyparallel map_sync(chunksize=1000)"] = lambda: view.map_sync(
+            trivial, items, chunksize=1000
+        )
+    return shuffled_rounds(calls, rounds, warmup=1)
+
+
+def scaling(n_workers: int, per_worker: int) -> dict:
+    """50 ms functions on n_workers one-thread workers: throughput against perfect."""
+    sleeper = compute_this(make_sleeper())
+    with ProcessCluster(n_workers=n_workers) as cluster:
+        try:
+            dc_jupyter.connect(cluster.address)
+            sleeper.map(range(n_workers), [0.0] * n_workers).compute()  # warm up
+            items = per_worker * n_workers
+            seconds = _timed(lambda: sleeper.map(range(items), [0.05] * items).compute())
+        finally:
+            dc_jupyter.close()
+    ideal = items * 0.05 / n_workers
+    return {"seconds": seconds, "ideal_s": ideal, "efficiency": ideal / seconds, "items": items}
 
 
 def large_argument(address: str, megabytes: int, repeats: int) -> dict:
-    """(4) a 200 MB NumPy argument vs scatter + submit."""
+    """A large NumPy argument vs scatter + submit (``--extra``)."""
     import numpy as np
     from distributed import Client
 
-    dc_jupyter.connect(address)
     array = np.random.default_rng(0).random(megabytes * 1_000_000 // 8)
 
     def nbytes(a):
         return a.nbytes
 
-    func = compute_this(nbytes)
-    ours, plain = [], []
+    func = compute_this(address=address)(nbytes)
     with Client(address, set_as_default=False) as bare:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            assert func(array).compute() == array.nbytes
-            ours.append(time.perf_counter() - start)
-            start = time.perf_counter()
+
+        def plain() -> None:
             data = bare.scatter(array, hash=False, direct=True)
             assert bare.submit(nbytes, data, pure=False).result() == array.nbytes
-            plain.append(time.perf_counter() - start)
-            del data
-    return {
-        "dc_jupyter_ms": _median_ms(ours),
-        "scatter_submit_ms": _median_ms(plain),
-        "ratio": statistics.median(ours) / statistics.median(plain),
-        "target": "<= 1.2",
-        "megabytes": megabytes,
-    }
+
+        return shuffled_rounds({"dc_jupyter": lambda: func(array).compute(), "scatter+submit": plain},
+                               repeats, warmup=1)  # fmt: skip
 
 
 def widget_updates(small: int, large: int) -> dict:
-    """(5) widget updates sent for a small and a large map, on a cluster of its own.
-
-    ``widget_traffic.count_updates`` runs each map with a live ``MapView``
-    whose comms count what they send. Target: updates per second about the
-    same (<= ~60/s: ~10 refreshes of ~6 values), whatever the number of items.
-    """
+    """Widget updates sent for a small and a large map (``--extra``)."""
     from dc_jupyter.tools.widget_traffic import count_updates
 
     with ProcessCluster(n_workers=2) as cluster:
         try:
             dc_jupyter.connect(cluster.address)
-            # A short map must last long enough to move: 0.15 s per item.
             runs = {small: count_updates(small, delay=0.15), large: count_updates(large)}
         finally:
             dc_jupyter.close()
-    return {
-        str(n): {
-            "updates": t.updates,
-            "bar_updates": t.bar_updates,
-            "tasks": t.tasks,
-            "seconds": round(t.seconds, 3),
-            "updates_per_s": round(t.updates_per_second, 1),
-        }
-        for n, t in runs.items()
-    }
+    return {str(n): {"updates": t.updates, "seconds": round(t.seconds, 3),
+                     "updates_per_s": round(t.updates_per_second, 1)} for n, t in runs.items()}  # fmt: skip
 
 
-def print_widget_updates(w: dict) -> None:
-    for n, t in w.items():
-        print(f"(5) widget updates, {int(n):,} items ({t['tasks']} tasks, {t['seconds']:.2f} s): "
-              f"{t['updates']} updates, {t['updates_per_s']:.1f}/s "
-              "(target: about the same per second for any number of items)",
-              flush=True)  # fmt: skip
+# -- the table -----------------------------------------------------------------------
+
+#: (metric, must, aim, "<=" or ">=") as in issue 14
+TARGETS = [
+    ("one call, embedded default / ipyparallel apply_sync", 1.0, 0.6, "<="),
+    ("one call, external cluster / bare Dask on it", 0.8, 0.6, "<="),
+    ("1,000 jobs, compute(*jobs) / client.gather(client.map)", 0.5, 0.2, "<="),
+    ("single-.submit() loop / bare client.submit loop", 1.0, 0.8, "<="),
+    ("map of 200,000 items, items/s / ipyparallel chunked", 3.0, 10.0, ">="),
+    ("the same map's time / cloudpickle round trip", 10.0, 3.0, "<="),
+    ("scaling efficiency, 8 workers, 50 ms functions", 0.97, 0.99, ">="),
+]
+
+
+def ratios(report: dict) -> dict[str, float | None]:
+    call = report["one_call"]
+    many = report["many_jobs"]
+    big = report["map"]
+    med = lambda d, k: d[k]["median_s"] if isinstance(d.get(k), dict) else None  # noqa: E731
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a / b
+
+    return dict(zip([t[0] for t in TARGETS], [
+        div(med(call, "dc_jupyter embedded"), med(call, "ipyparallel apply_sync")),
+        div(med(call, "dc_jupyter external"), med(call, "bare Dask external")),
+        div(med(many, "dc_jupyter.compute(*jobs)"), med(many, "client.gather(client.map)")),
+        div(med(many, "dc_jupyter .submit() loop"), med(many, "bare client.submit loop")),
+        div(med(big, "ipyparallel map_sync(chunksize=1000)"), med(big, "dc_jupyter map")),
+        div(med(big, "dc_jupyter map"), med(big, "cloudpickle round trip")),
+        report["scaling"].get("efficiency"),
+    ], strict=True))  # fmt: skip
+
+
+def _meets(value: float | None, limit: float, sense: str) -> bool:
+    return value is not None and (value <= limit if sense == "<=" else value >= limit)
+
+
+def print_table(report: dict, previous: dict | None) -> None:
+    print("\n| metric | this run | must | aim | holds | previous run |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    before = (previous or {}).get("ratios", {})
+    for (metric, must, aim, sense), value in zip(TARGETS, report["ratios"].values(), strict=True):
+        holds = ("aim" if _meets(value, aim, sense) else "must" if _meets(value, must, sense)
+                 else "NO" if value is not None else "-")  # fmt: skip
+        shown = "-" if value is None else f"{value:.2f}"
+        old = before.get(metric)
+        print(f"| {metric} | {shown} | {sense} {must:g} | {sense} {aim:g} | {holds} | "
+              f"{'-' if old is None else f'{old:.2f}'} |")  # fmt: skip
+    print("\nmedians (ms):")
+    for section in ("one_call", "many_jobs", "map"):
+        for name, s in report[section].items():
+            if not isinstance(s, dict):
+                print(f"  {section:9} {name}: {s}")
+                continue
+            print(f"  {section:9} {name:40} {s['median_s'] * 1000:10.2f}  "
+                  f"(min {s['min_s'] * 1000:.2f}, max {s['max_s'] * 1000:.2f}, n={s['n']})")  # fmt: skip
+    sc = report["scaling"]
+    if "error" in sc:
+        print(f"  scaling   failed: {sc['error']}")
+        return
+    print(f"  scaling   {sc['items']} x 50 ms on 8 workers: {sc['seconds']:.2f} s "
+          f"(ideal {sc['ideal_s']:.2f} s)")  # fmt: skip
+
+
+def _previous(out: Path) -> dict | None:
+    for path in sorted(out.glob("bench-*.json"), reverse=True):
+        with contextlib.suppress(ValueError, OSError):
+            report = json.loads(path.read_text())
+            if "ratios" in report:
+                return report
+    return None
+
+
+def section(report: dict, name: str, measure: Callable[..., dict], *args: Any) -> None:
+    """Run one measurement; a failure (e.g. a peer losing its scheduler on a loaded
+    machine) is recorded and printed, and the run goes on."""
+    print(f"{name} ...", flush=True)
+    try:
+        report[name] = measure(*args)
+    except Exception as exc:
+        report[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"{name} failed: {report[name]['error']}", flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples, smaller sizes")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller sizes")
+    parser.add_argument("--rounds", type=int, help="rounds of the one-call measurement")
+    parser.add_argument("--extra", action="store_true", help="also large arguments, widgets")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--widgets-only", action="store_true", help="only (5), widget updates")
+    parser.add_argument("--widgets-only", action="store_true", help="only the widget counts")
     args = parser.parse_args()
     if args.widgets_only:
-        print_widget_updates(widget_updates(10, 200_000))
+        print(json.dumps(widget_updates(10, 200_000), indent=2))
         return 0
     quick = args.quick
+    call_rounds = args.rounds or (40 if quick else 200)
+    n_jobs, n_items = (200, 20_000) if quick else (1000, 200_000)
+    load = os.getloadavg()
     report: dict = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "load_at_start": load,
         },  # fmt: skip
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "sizes": {"call_rounds": call_rounds, "jobs": n_jobs, "map_items": n_items},
     }
-    counts = [1, 2, 4, 8]
-    with ProcessCluster(n_workers=2) as cluster:
-        try:
-            report["round_trip"] = r = round_trip(cluster.address, 50 if quick else 300)
-            print(f"(1) round trip: dc_jupyter {r['dc_jupyter_ms']:.2f} ms, bare Dask "
-                  f"{r['bare_dask_ms']:.2f} ms (on dc_jupyter's tuned client "
-                  f"{r['bare_dask_on_dc_jupyter_client_ms']:.2f} ms): {r['ratio']:.2f}x "
-                  f"(target <= 1.10x)", flush=True)  # fmt: skip
-            report["map"] = m = map_throughput(
-                cluster.address, 20_000 if quick else 200_000, 500 if quick else 2000
-            )
-            print(f"(2) map: dc_jupyter {m['dc_jupyter_items_per_s']:,.0f} items/s, "
-                  f"client.map {m['client_map_items_per_s']:,.0f} items/s: "
-                  f"{m['ratio']:,.0f}x (target >= 200x)", flush=True)  # fmt: skip
-            report["large_argument"] = a = large_argument(
-                cluster.address, 20 if quick else 200, 3 if quick else 5
-            )
-            print(f"(4) {a['megabytes']} MB argument: dc_jupyter {a['dc_jupyter_ms']:.0f} ms, "
-                  f"scatter+submit {a['scatter_submit_ms']:.0f} ms: {a['ratio']:.2f}x "
-                  "(target <= 1.2x)", flush=True)  # fmt: skip
-        finally:
-            dc_jupyter.close()
-    sc_clusters: dict[int, ProcessCluster] = {}
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    from distributed import Client
+
+    external = ProcessCluster(n_workers=N_WORKERS).start()
     try:
-        per_worker = 10 if quick else 40
-
-        def address_of(n: int) -> str:
-            # A fresh cluster of exactly n workers for each count.
-            dc_jupyter.close()  # before its cluster stops, so nothing tries to reconnect
-            for other in list(sc_clusters):
-                sc_clusters.pop(other).stop()
-            sc_clusters[n] = ProcessCluster(n_workers=n).start()
-            return sc_clusters[n].address
-
-        report["scaling"] = s = scaling(address_of, counts, per_worker)
-        eff = ", ".join(f"{n}: {s['efficiency'][n]:.0%}" for n in counts)
-        print(f"(3) scaling, 50 ms functions (sleep), {per_worker} per worker: "
-              f"efficiency {eff} (target >= 90% at 8)", flush=True)  # fmt: skip
+        emb = dc_jupyter.start_local(N_WORKERS)
+        with (
+            Client(external.address, set_as_default=False) as bare,
+            ipyparallel_peer() as rc,
+            ray_peer() as ray,
+        ):
+            rounds = 3 if quick else 5
+            section(report, "one_call", one_call, emb, external.address, bare, rc, ray, call_rounds)
+            section(report, "many_jobs", many_jobs, external.address, bare, n_jobs, rounds)
+            section(report, "map", big_map, emb, rc, n_items, rounds)
+            if args.extra:
+                section(report, "large_argument", large_argument, external.address, 50, 3)
+        dc_jupyter.close()
     finally:
         dc_jupyter.close()
-        for c in sc_clusters.values():
-            c.stop()
-    report["widgets"] = w = widget_updates(10, 200_000)
-    print_widget_updates(w)
-    peer = ipyparallel_map(20_000 if quick else 200_000, 2)
-    report["ipyparallel"] = peer or "not installed"
-    if peer:
-        print(f"peer: ipyparallel map_sync(chunksize=1000) {peer['items_per_s']:,.0f} items/s")
+        external.stop()
+    section(report, "scaling", scaling, 8, 10 if quick else 40)
+    if args.extra:
+        report["widgets"] = widget_updates(10, n_items)
+    report["ratios"] = ratios(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    print_table(report, _previous(out))
     path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {path}")
+    print(f"\nwrote {path} (earlier results are kept next to it)")
     return 0
 
 

@@ -14,6 +14,7 @@ from dc_jupyter.core import observe as _observe
 from dc_jupyter.core.function import JobOptions, RemoteFunction, compute_this
 from dc_jupyter.core.futures import JobFuture
 from dc_jupyter.core.job import Job
+from dc_jupyter.core.many import compute, submit
 from dc_jupyter.core.map import MapFuture, MapJob, MapProgress
 from dc_jupyter.errors import (
     DcJupyterError,
@@ -45,10 +46,12 @@ __all__ = [
     "VersionMismatchError",
     "WorkerCrashError",
     "close",
+    "compute",
     "compute_this",
     "connect",
     "current_client",
     "start_local",
+    "submit",
 ]
 
 

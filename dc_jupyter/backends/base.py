@@ -57,6 +57,24 @@ class Backend(ABC):
         is the blob ``run_job`` returns.
         """
 
+    # -- many jobs at once (see core.many) --------------------------------------
+    def batch_key(self) -> Any:
+        """Backends with equal keys take each other's jobs in one ``start_many``."""
+        return self
+
+    def start_many(self, entries: list[Entry]) -> list[JobFuture]:
+        """Start many jobs, dependencies before dependents; return their handles in order.
+
+        In an entry's inputs, ``Pending(i)`` stands for the handle of entry ``i``
+        of the same list (an earlier one). This default starts them one by one;
+        a backend that can send them in one message overrides it.
+        """
+        handles: list[JobFuture] = []
+        for entry in entries:
+            inputs = [handles[v.index] if isinstance(v, Pending) else v for v in entry.inputs]
+            handles.append(entry.backend.start(entry.job, entry.payload, inputs))
+        return handles
+
     # -- maps: batches of items (see core.map.MapFuture) ----------------------
     def slots(self) -> int:
         """How many batches can run at the same time (worker threads)."""
@@ -65,6 +83,24 @@ class Backend(ABC):
     def open_map(self, function_blob: bytes, options: Any, name: str = "map") -> BatchChannel:
         """A channel for one map's batches; the function was pickled once, here."""
         return BatchChannel(function_blob, retries=options.retries)
+
+
+class Pending:
+    """In ``start_many``: the handle of entry ``index``, started in the same call."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class Entry:
+    """One job for ``start_many``: where it runs, its payload and its inputs (see ``start``)."""
+
+    __slots__ = ("backend", "job", "payload", "inputs")
+
+    def __init__(self, backend: Backend, job: Job, payload: bytes, inputs: list[Any]) -> None:
+        self.backend, self.job, self.payload, self.inputs = backend, job, payload, inputs
 
 
 class BatchChannel:

@@ -286,6 +286,39 @@ def _with_dependencies(handles: list[JobFuture]) -> list[JobFuture]:
     return list(seen.values())
 
 
+def settle_many(handles: list[JobFuture]) -> None:
+    """Fetch the results of finished handles together: one ``gather`` per Dask client
+    instead of a round trip each. Others (and any fetch that fails) are left for
+    ``result()``, which fetches them one by one."""
+    groups: dict[int, tuple[Any, dict[int, JobFuture]]] = {}
+    for handle in handles:
+        inner = handle._inner
+        client = getattr(inner, "client", None)  # distributed.Future only
+        if handle._value is not _NOT_YET or handle._error is not None or client is None:
+            continue
+        if getattr(inner, "status", None) == "finished":
+            groups.setdefault(id(client), (client, {}))[1][id(handle)] = handle
+    for client, group in groups.values():
+        chosen = list(group.values())
+        try:
+            blobs = client.gather([h._inner for h in chosen])
+        except Exception:  # e.g. a result lost with its worker
+            continue
+        for handle, blob in zip(chosen, blobs, strict=True):
+            with handle._lock:
+                if handle._value is _NOT_YET:
+                    handle._value = pickling.loads_result(blob)
+
+
+def forget(handles: list[JobFuture]) -> None:
+    """Release the cluster's copies of these handles' tasks and their dependencies'
+    (for handles nobody else holds; their results stay as far as fetched)."""
+    for handle in _with_dependencies(handles):
+        _release(handle._inner)
+        for kept in handle._keep:
+            _release(getattr(kept, "_inner", kept))
+
+
 def cancel_many(handles: list[JobFuture]) -> bool:
     """Cancel many handles (and their dependencies) with one request per backend.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import threading
@@ -60,7 +61,9 @@ class MapJob:
                 raise TypeError(
                     f"{function.__name__}.map(): item 0 {_preview(self.items[0])}: {exc}"
                 ) from None
-        for index, item in enumerate(self.items):
+        # Plain values (most maps) skip the walk, which cost ~8 us an item.
+        plain = set(map(type, itertools.chain.from_iterable(self.items))) <= _PLAIN  # C speed
+        for index, item in enumerate(() if plain else self.items):
             if any(contains_job(value) for value in item):
                 raise TypeError(
                     f"{function.__name__}.map(): item {index} holds a job; map takes plain "
@@ -116,13 +119,25 @@ class MapJob:
         return f"<MapJob {self.name} over {len(self)} items, not sent>"
 
 
+#: Types that never hold a job.
+_PLAIN = frozenset({int, float, complex, bool, str, bytes, type(None)})
+
+
 def take_items(iterable: Iterable, what: str, error: type[Exception] = ValueError) -> list:
     """The items of ``iterable`` as a list; more than ``map.max-items`` raise ``error``.
 
     An endless iterator (``itertools.count()``) would otherwise fill memory.
     """
     limit = int(config.get("map.max-items", 1_000_000))
-    items = list(itertools.islice(iterable, limit + 1))
+    # Python's collector would walk the whole heap (dask, distributed: millions of
+    # objects) several times while 200,000 new tuples pile up: ~3x slower here.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        items = list(itertools.islice(iterable, limit + 1))
+    finally:
+        if enabled:
+            gc.enable()
     if len(items) > limit:
         raise error(
             f"{what}: the input has more than {limit:,} items; is it endless, like "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -12,7 +13,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from dc_jupyter import config
-from dc_jupyter.backends.base import Backend, BatchChannel
+from dc_jupyter.backends.base import Backend, BatchChannel, Entry, Pending
 from dc_jupyter.backends.dask import connection, install, modules
 from dc_jupyter.backends.dask.errors import translate_backend_error
 from dc_jupyter.core.futures import JobFuture
@@ -28,9 +29,14 @@ if TYPE_CHECKING:
 
 def scatter_threshold() -> int:
     """``dc_jupyter.scatter-threshold`` in bytes."""
+    return _in_bytes(config.get("scatter-threshold", "1 MB"))
+
+
+@functools.lru_cache(maxsize=16)
+def _in_bytes(value: Any) -> int:
+    # Parsed once per setting, not on every call (two per job).
     from dask.utils import parse_bytes
 
-    value = config.get("scatter-threshold", "1 MB")
     return parse_bytes(value) if isinstance(value, str) else int(value)
 
 
@@ -268,6 +274,78 @@ class DaskBackend(Backend):
             canceller=canceller_for(client),
             translate=translate_backend_error,
         )
+
+    def batch_key(self) -> Any:
+        # Every dask backend on the same client can share one graph.
+        return ("dask", id(self.client()))
+
+    def start_many(self, entries: list[Entry]) -> list[JobFuture]:
+        """All jobs in one ``client.get`` graph (one message to the scheduler) per kind
+        of restriction; dependencies inside it are named by key, so they run once."""
+        client = self.client()
+        run_job = install.installed_on(client).run_job
+        threshold = scatter_threshold()
+        handles: list[JobFuture] = []
+        wave: list[tuple[Entry, tuple, list[Any]]] = []  # (entry, task, kept) of one graph
+        wave_kwargs: dict[str, Any] | None = None
+        in_wave: set[int] = set()
+
+        def flush() -> None:
+            if not wave:
+                return
+            graph = {entry.job.key: task for entry, task, _ in wave}
+            futures = client.get(graph, list(graph), sync=False, **(wave_kwargs or {}))
+            for (entry, _, kept), future in zip(wave, futures, strict=True):
+                handles.append(
+                    JobFuture(
+                        future,
+                        name=entry.job.name,
+                        key=entry.job.key,
+                        keep=tuple(kept),
+                        canceller=canceller_for(client),
+                        translate=translate_backend_error,
+                    )
+                )
+            wave.clear()
+            in_wave.clear()
+
+        for i, entry in enumerate(entries):
+            opts = entry.job.function.options
+            kwargs = {
+                "retries": opts.retries or None,
+                **entry.backend.restrictions(client, opts.resources),
+            }
+            if kwargs != wave_kwargs:  # other restrictions: a graph of their own
+                flush()
+                wave_kwargs = kwargs
+            args: list[Any] = []
+            kept: list[Any] = []
+            for value in entry.inputs:
+                if isinstance(value, Pending) and value.index in in_wave:
+                    args.append(entries[value.index].job.key)  # in this graph: by key
+                    kept.append(value)
+                    continue
+                if isinstance(value, Pending):
+                    value = handles[value.index]
+                if isinstance(value, JobFuture):
+                    args.append(value._inner)
+                elif isinstance(value, remote_job.Scattered) or (
+                    isinstance(value, bytes) and len(value) > threshold
+                ):
+                    value = _scatter(client, value, f"{entry.job.name}-arg-{uuid.uuid4().hex}")
+                    args.append(value)
+                else:
+                    args.append(value)
+                kept.append(value)
+            wave.append((entry, (run_job, entry.payload, *args), kept))
+            in_wave.add(i)
+        flush()
+        # Dependencies inside one graph: keep their handles too (created by now).
+        for handle in handles:
+            handle._keep = tuple(
+                handles[k.index] if isinstance(k, Pending) else k for k in handle._keep
+            )
+        return handles
 
     def slots(self) -> int:
         nthreads = self.client().nthreads()

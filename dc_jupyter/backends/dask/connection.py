@@ -388,7 +388,14 @@ def _embedded_client(n_workers: int | None) -> Any:
 
     def make_client(cluster: embedded.EmbeddedCluster) -> Any:
         seconds = max(_connect_timeout(None), start_timeout or 0)  # it is starting
-        client = Client(cluster, timeout=f"{seconds}s", set_as_default=not _has_default_client())
+        # direct_to_workers: results come straight from the worker (one hop, not
+        # client -> scheduler -> worker and back); the workers are ours, on loopback.
+        client = Client(
+            cluster,
+            timeout=f"{seconds}s",
+            set_as_default=not _has_default_client(),
+            direct_to_workers=bool(config.get("local.direct-to-workers", True)),
+        )
         return tune_for_interactive_use(client)
 
     _local_cluster, _local_client = embedded.start(
@@ -398,9 +405,15 @@ def _embedded_client(n_workers: int | None) -> Any:
         host=config.get("local.host", "127.0.0.1"),
         dashboard_address=config.get("local.dashboard-address", "127.0.0.1:0"),
         cwd=os.getcwd(),
+        batch_interval=_batch_interval(),
         timeout=start_timeout,
     )
     return _local_client
+
+
+def _batch_interval() -> float | None:
+    value = config.get("local.batch-interval", "1ms")
+    return None if value is None else config.seconds(value, "local.batch-interval")
 
 
 def _has_default_client() -> bool:

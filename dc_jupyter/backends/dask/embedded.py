@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 LAUNCHER = str(Path(__file__).with_name("launcher.py"))
+#: Loaded by the scheduler and the workers: shorter message batching (see that file).
+INTERACTIVE_PRELOAD = str(Path(__file__).with_name("interactive_preload.py"))
 POLL_SECONDS = 0.05
 
 
@@ -56,6 +58,7 @@ class EmbeddedCluster:
         host: str = "127.0.0.1",
         dashboard_address: str = "127.0.0.1:0",
         cwd: str | None = None,
+        batch_interval: float | None = None,
     ) -> None:
         from distributed.core import Status
         from distributed.security import Security
@@ -65,6 +68,7 @@ class EmbeddedCluster:
         self.host = host
         self.dashboard_address = dashboard_address
         self.cwd = cwd or os.getcwd()
+        self.batch_interval = batch_interval  # None: Dask's own intervals
         self.security = Security.temporary()
         # mkdtemp makes a 0700 directory: only this user reads the keys in it.
         self.directory = Path(tempfile.mkdtemp(prefix="dc-jupyter-embedded-"))
@@ -137,7 +141,7 @@ class EmbeddedCluster:
             scheduler_args = [
                 "--host", self.host, "--port", "0", "--protocol", "tls",
                 "--dashboard-address", self.dashboard_address,
-                "--scheduler-file", str(self.scheduler_file), *tls,
+                "--scheduler-file", str(self.scheduler_file), *tls, *self._preload(),
             ]  # fmt: skip
             # The workers wait for the scheduler file themselves: start both at once.
             worker_args = [
@@ -147,7 +151,7 @@ class EmbeddedCluster:
                 # Dask serves worker metrics over HTTP even without a dashboard:
                 "--dashboard-address", f"{self.host}:0",
                 "--local-directory", str(self.directory / "workers"),
-                "--name", "embedded", *tls,
+                "--name", "embedded", *tls, *self._preload(),
             ]  # fmt: skip
             # If the notebook dies without closing us, the scheduler and the workers'
             # launcher remove the directory on their way out: whichever ends last
@@ -233,8 +237,13 @@ class EmbeddedCluster:
             "--tls-key", str(tls_dir / "key.pem"),
         ]  # fmt: skip
 
+    def _preload(self) -> list[str]:
+        return [] if self.batch_interval is None else ["--preload", INTERACTIVE_PRELOAD]
+
     def _child_env(self, read_end: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+        if self.batch_interval is not None:
+            env["DC_JUPYTER_BATCH_INTERVAL"] = repr(self.batch_interval)
         env["DC_JUPYTER_PARENT_FD"] = str(read_end)
         env["DC_JUPYTER_SYS_PATH"] = os.pathsep.join(p or self.cwd for p in sys.path)
         # PR_SET_PDEATHSIG follows the thread that forks: only the main thread
