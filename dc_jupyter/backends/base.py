@@ -33,6 +33,10 @@ class Backend(ABC):
     def check(self, options: Any, name: str) -> None:  # noqa: B027 - optional hook
         """Refuse work this backend could never run, before anything is sent."""
 
+    def ensure_modules(self, names: set[str], what: str) -> None:  # noqa: B027 - optional hook
+        """Make the top-level modules ``names`` importable where ``what`` will run, or
+        raise naming the missing ones, before anything is sent."""
+
     def scatter_above(self) -> int | None:
         """Arguments larger than this many bytes go as ``remote_job.Scattered``; None: never."""
         return None

@@ -44,6 +44,7 @@ class CellAnalysis:
     has_result: bool
     star_import: bool = False  # ``from m import *``: outputs cannot be known in advance
     builtins_read: tuple[str, ...] = ()  # builtin names read (shadowed in the notebook?)
+    imports: tuple[str, ...] = ()  # top-level modules imported anywhere in the cell
     #: Of ``inputs``, those read only inside function bodies: looked up when the
     #: function is called, so they need not exist yet (late binding).
     late_inputs: tuple[str, ...] = ()
@@ -69,8 +70,33 @@ def analyze_cell(source: str, filename: str = "<cell>") -> CellAnalysis:
         has_result=has_result,
         star_import=walker.star_import,
         builtins_read=tuple(builtins_read),
+        imports=_imported_modules(tree),
         late_inputs=tuple(n for n in walker.late if n not in BUILTIN_NAMES),
     )
+
+
+_TRY = (ast.Try, ast.TryStar) if hasattr(ast, "TryStar") else (ast.Try,)
+
+
+def _imported_modules(tree: ast.AST) -> tuple[str, ...]:
+    """Top-level names of the modules the cell imports, in its functions too
+    (``import a.b as c`` -> ``a``); relative imports have no module of their own.
+    Imports inside ``try`` are left out: the cell may do without them."""
+    found: dict[str, None] = {}
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, _TRY):
+            todo.extend(node.orelse)
+            todo.extend(node.finalbody)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found[alias.name.partition(".")[0]] = None
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found[node.module.partition(".")[0]] = None
+    return tuple(found)
 
 
 def _ends_with_semicolon(source: str) -> bool:

@@ -81,6 +81,7 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
     if options.map_name is None:
         job = remote(*args)
         job.key = cell_id
+        job.modules.update(plan.modules)
         inner = job.submit()
         handle = CellFuture.adopt(inner, label, options.run_async, plan.analysis.has_result)
         output = getattr(inner, "output", None)
@@ -92,6 +93,7 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
         prefixes = [_element_prefix(options.map_name, e) for e in plan.elements]
         sweep = MapJob(remote, tuple(columns))
         sweep.item_prefix = prefixes.__getitem__
+        sweep.modules.update(plan.modules)
         inner = sweep.submit()
         handle = SweepFuture(inner, label, options.run_async)
         output = inner._output
@@ -153,6 +155,8 @@ class _Plan:
     send_all: bool
     options: CellOptions
     elements: list = field(default_factory=list)
+    #: Top-level modules the cell imports or its values refer to.
+    modules: set[str] = field(default_factory=set)
 
     def worker_args(self, cell_id: str) -> tuple:
         return (
@@ -214,15 +218,17 @@ def _plan(shell: Any, cell: str, options: CellOptions, header: str) -> _Plan:
     elements: list = []
     if options.map_name is not None:
         elements = _sweep_elements(shell, options)
+    modules = set(analysis.imports)
     return _Plan(
         source=source,
         filename=filename,
         analysis=analysis,
-        blob=_pickle_inputs(captured),
+        blob=_pickle_inputs(captured, modules),
         names=tuple(names),
         send_all=analysis.star_import and options.pull is None,
         options=options,
         elements=elements,
+        modules=modules,
     )
 
 
@@ -252,9 +258,9 @@ def _sweep_elements(shell: Any, options: CellOptions) -> list:
     return take_items(iterator, f"--map {options.map_name} in {options.map_expr}", UsageError)
 
 
-def _pickle_inputs(captured: dict[str, Any]) -> bytes:
+def _pickle_inputs(captured: dict[str, Any], modules: set[str]) -> bytes:
     try:
-        return pickling.dumps(captured)
+        return pickling.dumps(captured, modules)
     except Exception as exc:
         culprit = pickling.find_unpicklable(captured.items())
         if culprit is None:

@@ -72,19 +72,19 @@ class BatchSizer:
         return max(1, size)
 
 
-def check_items(items: Sequence[tuple], name: str) -> float:
+def check_items(items: Sequence[tuple], name: str, modules: set[str] | None = None) -> float:
     """Pickle every item (in chunks, at C speed) before anything is sent.
 
     Returns the mean pickled size of an item in bytes. Raises
     ``SerializationError`` naming the index of the first item that cannot be
-    pickled, and which argument of it.
+    pickled, and which argument of it. ``modules`` gets the modules they refer to.
     """
     total_bytes = 0
     start, chunk = 0, 256
     while start < len(items):
         part = items[start : start + chunk]
         try:
-            size = len(pickling.dumps(part))
+            size = len(pickling.dumps(part, modules))
         except Exception:
             _raise_for_first_bad(part, start, name)
             raise

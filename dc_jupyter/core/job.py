@@ -91,6 +91,9 @@ class Job:
         self.kwargs = kwargs
         self._bound = bound
         self.key = f"{function.__name__}-{uuid.uuid4().hex}"
+        #: Top-level modules the call refers to (filled by ``prepare``; a cell adds
+        #: its imports): the backend ships or checks them before sending.
+        self.modules: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -133,6 +136,7 @@ class Job:
             tuple(slots),
             name=self.name,
             labelled=lambda: labelled_arguments(self._bound, self.function.__wrapped__),
+            modules=self.modules,
         )
         return payload, deps
 

@@ -53,6 +53,7 @@ def _plan(jobs: tuple[Any, ...]) -> list[_Node]:
         backend = job.function.backend()
         backend.check(job.function.options, job.name)
         payload, deps = job.prepare(scatter_above=backend.scatter_above())
+        backend.ensure_modules(job.modules, f"{job.name}()")  # local code along; none missing
         for dep in deps:
             if isinstance(dep, Job):
                 visit(dep)

@@ -49,6 +49,8 @@ class MapJob:
         self.function = function
         #: What each line an item prints starts with (default ``[item 3] ``).
         self.item_prefix: Callable[[int], str] | None = None
+        #: Top-level modules the map refers to (a sweep adds its cell's imports).
+        self.modules: set[str] = set()
         self.items: list[tuple] = take_items(
             zip(*iterables, strict=False), f"{function.__name__}.map()"
         )
@@ -80,15 +82,17 @@ class MapJob:
 
     def submit(self) -> MapFuture:
         """Check and send the items and return at once with a ``MapFuture``."""
-        bytes_per_item = check_items(self.items, self.name)  # nothing sent if one is bad
+        modules = set(self.modules)
+        bytes_per_item = check_items(self.items, self.name, modules)  # nothing sent if one is bad
         try:  # pickled once per map; every batch shares this blob
-            function_blob = pickling.dumps(self.function.__wrapped__)
+            function_blob = pickling.dumps(self.function.__wrapped__, modules)
         except Exception as exc:
             raise SerializationError(
                 f"Cannot send the function {self.name}: {type(exc).__name__}: {exc}. "
                 "Nothing was sent."
             ) from exc
         backend = self.function.backend()
+        backend.ensure_modules(modules, f"{self.name}.map()")  # before anything is sent
         return MapFuture(
             self.items,
             name=self.name,

@@ -8,27 +8,70 @@ and nothing has been sent.
 
 from __future__ import annotations
 
+import functools
+import io
+from collections import ChainMap
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import cloudpickle
 
+from dc_jupyter.core import references
 from dc_jupyter.errors import SerializationError
 from dc_jupyter.remote import job as remote_job
+from dc_jupyter.remote import modules as remote_modules
 from dc_jupyter.remote import plugins
 
 # Workers don't have dc_jupyter: ship the worker-side module's code by value.
 cloudpickle.register_pickle_by_value(remote_job)
 cloudpickle.register_pickle_by_value(plugins)
+cloudpickle.register_pickle_by_value(remote_modules)
 
 
-#: Built once here; ``remote.job`` holds the one hook on cloudpickle's internals.
-_Pickler = remote_job.pickler_class()
+def _reduce_lru_cache(wrapper: Any) -> Any:
+    # functools.lru_cache / cache pickle by name ("slow_square"), which a
+    # notebook's worker cannot look up (its __main__ is not the notebook's):
+    # a wrapper of a function that travels by value is rebuilt around it there.
+    wrapped = getattr(wrapper, "__wrapped__", None)
+    if wrapped is None or not references.by_value(wrapper):
+        return wrapper.__reduce__()
+    params = wrapper.cache_parameters()
+    return remote_modules.cached, (wrapped, params["maxsize"], params["typed"])
 
 
-def dumps(value: Any) -> bytes:
-    """cloudpickle ``value``, keeping source file names so tracebacks show real lines."""
-    return remote_job.dumps_keeping_filenames(value, _Pickler)
+def _reduce_cached_property(prop: functools.cached_property) -> Any:
+    # Before Python 3.12 it holds an RLock, so a notebook class using it could not
+    # be sent at all; the function and the attribute name are all it needs.
+    return remote_modules.cached_property, (prop.func, prop.attrname)
+
+
+def _pickler_class() -> type:
+    base = remote_job.pickler_class()  # ``remote.job`` holds the one hook on cloudpickle
+    ours = {
+        functools._lru_cache_wrapper: _reduce_lru_cache,
+        functools.cached_property: _reduce_cached_property,
+    }
+    # One ChainMap level: each lookup of a level costs a Python call per object.
+    table = ChainMap(ours, *base.dispatch_table.maps)
+    return type("NotebookPickler", (base,), {"dispatch_table": table})
+
+
+#: Built once here.
+_Pickler = _pickler_class()
+
+
+def dumps(value: Any, modules: set[str] | None = None) -> bytes:
+    """cloudpickle ``value``, keeping source file names so tracebacks show real lines.
+
+    ``modules``, if given, gets the top-level names of the modules the pickle
+    refers to by name (the workers must be able to import them).
+    """
+    buffer = io.BytesIO()
+    pickler = _Pickler(buffer, protocol=remote_job.PICKLE_PROTOCOL)
+    pickler.dump(value)
+    if modules is not None:
+        modules.update(references.modules_in(pickler.memo.copy().values()))
+    return buffer.getvalue()
 
 
 type_name = remote_job.type_name
@@ -52,15 +95,16 @@ def dumps_call(
     *,
     name: str,
     labelled: Callable[[], Iterable[tuple[str, Any]]] = tuple,
+    modules: set[str] | None = None,
 ) -> bytes:
     """Pickle a call for ``remote_job.run_job``.
 
     ``labelled()`` returns ``(label, value)`` pairs for the call's arguments; it
     is only called when pickling fails, to name the culprit (the hot path stays
-    free of signature inspection).
+    free of signature inspection). ``modules``: as for ``dumps``.
     """
     try:
-        return dumps((func, args, kwargs, slots))
+        return dumps((func, args, kwargs, slots), modules)
     except Exception as exc:
         culprit = find_unpicklable([(f"the function {name}", func), *labelled()])
         if culprit is None:

@@ -31,6 +31,7 @@ def submit_job(job: Job, backend_override: Any = None) -> JobFuture:
     backend = job.function.backend(backend_override)
     backend.check(job.function.options, job.name)  # before anything is sent
     payload, deps = job.prepare(scatter_above=backend.scatter_above())
+    backend.ensure_modules(job.modules, f"{job.name}()")  # local code along; none missing
     inputs: list[Any] = []
     try:
         for dep in deps:

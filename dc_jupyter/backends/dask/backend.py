@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dc_jupyter import config
 from dc_jupyter.backends.base import Backend, BatchChannel, Entry, Pending
-from dc_jupyter.backends.dask import connection, install
+from dc_jupyter.backends.dask import connection, install, modules
 from dc_jupyter.backends.dask.errors import translate_backend_error
 from dc_jupyter.core import output
 from dc_jupyter.core.futures import JobFuture
@@ -234,6 +234,9 @@ class DaskBackend(Backend):
     def check(self, options: Any, name: str) -> None:
         if options.resources:  # else work no worker can run would wait forever
             check_resources(self.client(), options.resources, name)
+
+    def ensure_modules(self, names: set[str], what: str) -> None:
+        modules.ensure(self.client(), names, what)
 
     def scatter_above(self) -> int | None:
         return scatter_threshold()
