@@ -120,6 +120,30 @@ def connected_shell(ip, address: str):
     return ip
 
 
+@pytest.fixture
+def shell(ip, cluster):
+    """A shell with an empty namespace whose work goes to the session cluster."""
+    return connected_shell(ip, cluster.address)
+
+
+def make_beating():
+    """A function (sent by value) that appends a byte to ``path`` every 50 ms for
+    30 s: its file shows whether the code still runs."""
+
+    def beating(path):
+        import time
+
+        for _ in range(600):
+            with open(path, "a") as fh:
+                fh.write("x")
+            # Short naps, not one sleep(30): the stop lands between them, so the
+            # shared worker is free for the next tests (a C-level sleep runs out).
+            time.sleep(0.05)
+        return 1
+
+    return beating
+
+
 def ipython_shell():
     """The one IPython shell of this test process.
 

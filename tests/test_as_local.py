@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import connected_shell, scheduler_task_count, wait_until
+from conftest import scheduler_task_count, wait_until
 from IPython.utils.capture import capture_output
 from nbclient import NotebookClient
 
@@ -77,11 +77,6 @@ def use_method(k, y):
 def make_k(k):
     return K(k)
 """
-
-
-@pytest.fixture
-def shell(ip, cluster):
-    return connected_shell(ip, cluster.address)
 
 
 def run(shell, cell: str):

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import scheduler_task_count, stopped_growing, wait_until
+from conftest import make_beating, scheduler_task_count, stopped_growing, wait_until
 
 import dc_jupyter
 from dc_jupyter import SerializationError, compute_this
@@ -24,20 +24,6 @@ def counted(path: str):
         return x * 10
 
     return count
-
-
-def make_beating():
-    """A function (sent by value) that appends a byte to ``path`` every 50 ms for
-    30 s: its file shows whether the code still runs."""
-
-    def beating(path):
-        for _ in range(600):
-            with open(path, "a") as fh:
-                fh.write("x")
-            time.sleep(0.05)
-        return 1
-
-    return beating
 
 
 @contextlib.contextmanager
@@ -127,7 +113,6 @@ def test_the_error_names_the_failing_job_and_the_others_are_cancelled(cluster, c
     @compute_this(address=cluster.address)
     def check(x, running):
         import os
-        import time
 
         for _ in range(400):  # fail only once the slow sibling runs
             if os.path.exists(running):

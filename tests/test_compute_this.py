@@ -14,7 +14,7 @@ import traceback
 
 import dask
 import pytest
-from conftest import scheduler_task_count, stopped_growing, wait_until
+from conftest import make_beating, scheduler_task_count, stopped_growing, wait_until
 
 import dc_jupyter
 from dc_jupyter import SchedulerUnreachableError, SerializationError, compute_this
@@ -416,22 +416,6 @@ def test_default_connect_timeout_is_seconds_not_minutes():
     from dc_jupyter import config
 
     assert config.seconds(config.get("connect-timeout"), "t") == 10
-
-
-def make_beating():
-    """A function (sent by value) that appends a byte to ``path`` every 50 ms for
-    30 s: its file shows whether the code still runs."""
-
-    def beating(path):
-        for _ in range(600):
-            with open(path, "a") as fh:
-                fh.write("x")
-            # Short naps, not one sleep(30): the stop lands between them, so the
-            # shared worker is free for the next tests (a C-level sleep runs out).
-            time.sleep(0.05)
-        return 1
-
-    return beating
 
 
 def test_timeout_raises_and_cancels_remote_task(cluster, client, tmp_path):

@@ -11,7 +11,6 @@ import traceback
 import numpy as np
 import pytest
 from conftest import (
-    connected_shell,
     process_cluster,
     scheduler_task_count,
     wait_until,
@@ -23,12 +22,6 @@ import dc_jupyter
 from dc_jupyter import SerializationError
 
 IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "compute_this"}
-
-
-@pytest.fixture
-def shell(ip, cluster):
-    """A shell with an empty namespace whose work goes to the session cluster."""
-    return connected_shell(ip, cluster.address)
 
 
 def run(shell, cell: str):
