@@ -186,6 +186,21 @@ def test_output_of_jobs_computed_together(shell):
     assert len(cap.outputs) == 2
 
 
+def test_in_process_sweeps_and_maps_mark_their_lines(shell):
+    with capture_output() as cap:
+        result = shell.run_cell("%%distribute --local --map p in range(3)\nprint('hi', p)")
+    assert result.error_in_exec is None
+    assert cap.stdout.splitlines() == ["[p=0] hi 0", "[p=1] hi 1", "[p=2] hi 2"]
+    assert result.result is None  # print() gives None in each element: no Out[...] of Nones
+    with capture_output() as cap:
+        result = shell.run_cell(
+            "@compute_this(backend='local')\ndef say(x):\n    print('item', x)\n    return x\n"
+            "said = say.map([5, 6]).compute()"
+        )
+    assert result.error_in_exec is None and shell.user_ns["said"] == [5, 6]
+    assert cap.stdout.splitlines() == ["[item 0] item 5", "[item 1] item 6"]
+
+
 def test_ipython_display_imported_in_the_notebook(shell):
     # Sent by reference: on a worker with IPython but no shell it would print a repr.
     shell.run_cell(

@@ -340,7 +340,9 @@ def _outcome(plan: _Plan, handle: Any) -> dict:
     return {
         "values": values,
         "deleted": [],
-        "result": results,
+        # A last line such as print(...) gives None in every element: show nothing,
+        # as IPython shows nothing for None.
+        "result": results if any(r is not None for r in results) else None,
         "skipped": skipped,
         "per_element": per_element,
     }

@@ -21,6 +21,7 @@ from dc_jupyter.core.futures import _strip_plumbing
 from dc_jupyter.core.job import contains_job, wait_or_cancel
 from dc_jupyter.errors import SerializationError
 from dc_jupyter.remote import job as remote_job
+from dc_jupyter.remote import output as remote_output
 
 if TYPE_CHECKING:
     from dc_jupyter.backends.base import BatchChannel
@@ -236,6 +237,7 @@ class MapFuture:
         self._ready_event = threading.Event()
         self._callbacks: list[Callable[[MapFuture], Any]] = []
         # Output of the batches (keys <name>-map-<token>-<n>), each line marked with its item.
+        self._prefix = item_prefix or _item_prefix
         self._output = output.open_output(
             getattr(channel, "client", None),
             f"{name}-map-{self._token}",
@@ -303,7 +305,11 @@ class MapFuture:
         key = f"{self.name}-map-{self._token}-{batch}"
         try:
             blob = pickling.dumps(self._items[start : start + size])
-            future = self._channel.send(blob, key)
+            if self._output is None:  # in-process: its lines are marked as it prints
+                with remote_output.prefixed_here(lambda position: self._prefix(start + position)):
+                    future = self._channel.send(blob, key)
+            else:
+                future = self._channel.send(blob, key)
         except Exception as exc:  # e.g. the connection closed meanwhile
             self._settle(batch, error=self._batch_error(exc, None))
             return

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import logging
 import os
 import sys
@@ -429,6 +430,43 @@ def _current_key():
         return None
 
 
+_here = threading.local()  # in-process runs: how to mark the lines of a map's items
+
+
+@contextlib.contextmanager
+def prefixed_here(prefix):
+    """In-process runs (the local backend): while a map batch runs in this thread,
+    each line it prints starts with ``prefix(position in the batch)``, as the
+    notebook marks the lines of a worker's items."""
+    previous = getattr(_here, "prefix", None)
+    _here.prefix = prefix
+    try:
+        yield
+    finally:
+        _here.prefix = previous
+
+
+class _Prefixed:
+    """A stream whose lines start with the prefix of the item running now."""
+
+    def __init__(self, stream, run: forwarding, prefix) -> None:
+        self.stream, self.run, self.prefix = stream, run, prefix
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        pieces = []
+        for line in text.splitlines(keepends=True):
+            if self.at_line_start:
+                pieces.append(self.prefix(self.run.part))
+            pieces.append(line)
+            self.at_line_start = line.endswith("\n")
+        self.stream.write("".join(pieces))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 class forwarding:
     """Context manager: this thread's output goes to the notebook while the work runs.
 
@@ -444,11 +482,18 @@ class forwarding:
         self.part = part
         self.limit = limit
         self.forwarder: Forwarder | None = None
+        self.redirected: contextlib.ExitStack | None = None
 
     def __enter__(self) -> forwarding:
         worker = _current_worker()
         ident = self.ident if self.ident is not None else _current_key()
         if worker is None or ident is None:
+            prefix = getattr(_here, "prefix", None)
+            if prefix is not None:  # in-process map batch: mark its lines right here
+                self.redirected = contextlib.ExitStack()
+                out, err = _Prefixed(sys.stdout, self, prefix), _Prefixed(sys.stderr, self, prefix)
+                self.redirected.enter_context(contextlib.redirect_stdout(out))
+                self.redirected.enter_context(contextlib.redirect_stderr(err))
             return self
         self.forwarder = Forwarder(worker, str(ident), self.part, self.limit)
         self.routers = _install_once()
@@ -459,11 +504,14 @@ class forwarding:
         return self
 
     def set_part(self, part: int) -> None:
+        self.part = part
         if self.forwarder is not None:
             with self.forwarder.lock:
                 self.forwarder.part = part
 
     def __exit__(self, *exc_info) -> None:
+        if self.redirected is not None:
+            self.redirected.close()
         if self.forwarder is None:
             return
         try:
