@@ -103,6 +103,11 @@ class JobFuture:
             return "error" if inner.exception() is not None else "finished"
         return "running" if inner.running() else "pending"
 
+    @property
+    def client(self) -> Any:
+        """The Dask client the job runs on; None for in-process and executor backends."""
+        return getattr(self._inner, "client", None)
+
     def done(self) -> bool:
         """True when the job finished, failed or was cancelled."""
         return self._inner.done()

@@ -549,6 +549,11 @@ class MapFuture:
         pending = p.total - p.done - p.failed - p.cancelled
         return {"finished": p.done, "error": p.failed, "cancelled": p.cancelled, "pending": pending}
 
+    @property
+    def client(self) -> Any:
+        """The Dask client the map runs on; None for in-process and executor backends."""
+        return getattr(self._channel, "client", None)
+
     def done(self) -> bool:
         return self._finished.is_set()
 

@@ -140,9 +140,8 @@ _locator = _Locator()
 
 def where_running(handle: Any) -> str | None:
     """The address of the worker running ``handle`` (a Dask-backed ``JobFuture``), if known."""
-    inner = getattr(handle, "_inner", None)
-    client = getattr(inner, "client", None)
-    key = getattr(inner, "key", None)
+    client = getattr(handle, "client", None)
+    key = getattr(handle, "key", None)
     if client is None or key is None or handle.done():
         return None
     return _locator.where(client, key)
@@ -188,18 +187,8 @@ _names = _Names()
 
 
 def client_of(handle: Any) -> Any:
-    """The Dask client a handle's work runs on, if any (a job's or a map's in-flight task)."""
-    client = getattr(getattr(handle, "_inner", None), "client", None)
-    if client is not None:
-        return client
-    try:
-        for entry in list(getattr(handle, "_in_flight", {}).values()):
-            client = getattr(entry[2], "client", None)
-            if client is not None:
-                return client
-    except Exception:  # changed while read: next refresh
-        pass
-    return None
+    """The Dask client a handle's work runs on (a job's or a map's), if any."""
+    return getattr(handle, "client", None)
 
 
 def worker_names(client: Any) -> dict[str, str]:
@@ -209,9 +198,7 @@ def worker_names(client: Any) -> dict[str, str]:
 
 def dashboard_link(handle: Any) -> str | None:
     """The Dask dashboard of the cluster ``handle`` runs on, if it has one."""
-    client = getattr(getattr(handle, "_inner", None), "client", None) or getattr(
-        handle, "client", None
-    )
+    client = getattr(handle, "client", None)
     try:
         return client.dashboard_link if client is not None else None
     except Exception:  # no dashboard (e.g. started without one)
