@@ -175,6 +175,18 @@ def test_terminal_shows_function_output(shell):
     assert shell.user_ns["value"] == 5
 
 
+def test_output_shows_once_when_two_clients_share_the_cluster(shell, client):
+    # A user's own client (client=) and dc_jupyter's: the scheduler sends each
+    # output event to both, and each line must still show once.
+    from dc_jupyter import compute_this
+
+    assert compute_this(client=client)(abs)(-1).compute() == 1
+    with capture_output() as cap:
+        result = shell.run_cell("three = noisy(3).compute()")
+    assert result.error_in_exec is None
+    assert cap.stdout == "hello 3\nbye 3\n"
+
+
 def test_output_of_jobs_computed_together(shell):
     with capture_output() as cap:
         result = shell.run_cell(

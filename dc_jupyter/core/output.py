@@ -104,6 +104,7 @@ class Listener:
         self.target = _Target.capture(keep_in)
         self._line_start: dict[tuple[int, str], bool] = {}
         self._received = 0
+        self._seen: set[tuple] = set()  # (run id, attempt, sequence number) of each message
         self._state = threading.Condition()
         self._written = 0
         self._closed = threading.Event()
@@ -116,7 +117,13 @@ class Listener:
             part = self.locate(batch, part)  # now: the batch is still in flight
             if part is None:
                 return
+        # Every client of this process subscribed to the scheduler gets each event
+        # (e.g. connect() and compute_this(address=...) to one cluster): once only.
+        token = (message.get("id"), message.get("attempt"), message.get("seq"))
         with self._state:
+            if token in self._seen:
+                return
+            self._seen.add(token)
             self._received += 1
         _enqueue(self, {**message, "part": part})
 
