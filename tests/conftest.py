@@ -144,6 +144,20 @@ def make_beating():
     return beating
 
 
+def kernel_env(scheduler_address: str) -> dict[str, str]:
+    """The environment of a kernel that imports this checkout's dc_jupyter and
+    sends its work to ``scheduler_address``."""
+    import os
+    from pathlib import Path
+
+    checkout = str(Path(__file__).resolve().parent.parent)
+    return {
+        **os.environ,
+        "DASK_SCHEDULER_ADDRESS": scheduler_address,
+        "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")])),
+    }
+
+
 def ipython_shell():
     """The one IPython shell of this test process.
 

@@ -9,16 +9,11 @@ compiles them, and in-place changes to captured values.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import nbformat
 import pytest
-from conftest import scheduler_task_count, wait_until
+from conftest import kernel_env, scheduler_task_count, wait_until
 from IPython.utils.capture import capture_output
 from nbclient import NotebookClient
-
-WORKTREE = str(Path(__file__).resolve().parent.parent)
 
 FUNCTIONS = """
 import asyncio, functools
@@ -278,11 +273,7 @@ def kernel_notebook(cluster, tmp_path_factory):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(source) for source in KERNEL_CELLS]
     client = NotebookClient(nb, timeout=180, kernel_name="python3", allow_errors=True)
-    env = {
-        **os.environ,
-        "DASK_SCHEDULER_ADDRESS": cluster.address,
-        "PYTHONPATH": os.pathsep.join(filter(None, [WORKTREE, os.environ.get("PYTHONPATH")])),
-    }
+    env = kernel_env(cluster.address)
     client.execute(env=env, cwd=str(tmp_path_factory.mktemp("kernel")))
     return nb
 

@@ -12,13 +12,10 @@ import gc
 import os
 import queue
 import time
-from pathlib import Path
 
 import pytest
-from conftest import process_cluster, scheduler_task_count, wait_until
+from conftest import kernel_env, process_cluster, scheduler_task_count, wait_until
 from jupyter_client.manager import KernelManager
-
-WORKTREE = str(Path(__file__).resolve().parent.parent)
 
 BUSY_LOOP = "%%distribute{options}\nx = 0\nwhile True:\n    x += 1"
 SHORT_SLEEPS = "%%distribute{options}\nimport time\nwhile True:\n    time.sleep(0.05)"
@@ -43,11 +40,7 @@ def lclient(lone):
 def kernel(lone):
     """A real ipykernel with dc_jupyter loaded, sending work to ``lone``."""
     km = KernelManager(kernel_name="python3")
-    env = {
-        **os.environ,
-        "DASK_SCHEDULER_ADDRESS": lone.address,
-        "PYTHONPATH": os.pathsep.join(filter(None, [WORKTREE, os.environ.get("PYTHONPATH")])),
-    }
+    env = kernel_env(lone.address)
     km.start_kernel(env=env)
     kc = km.client()
     kc.start_channels()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import kernel_env
 from nbclient import NotebookClient
 
 WORKTREE = str(Path(__file__).resolve().parent.parent)
@@ -29,11 +29,7 @@ def run_notebook(cells: list[str], cluster) -> tuple[nbformat.NotebookNode, Time
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
     client = TimedClient(nb, timeout=120, kernel_name="python3", allow_errors=True)
-    env = {
-        **os.environ,
-        "DASK_SCHEDULER_ADDRESS": cluster.address,
-        "PYTHONPATH": os.pathsep.join(filter(None, [WORKTREE, os.environ.get("PYTHONPATH")])),
-    }
+    env = kernel_env(cluster.address)
     client.execute(env=env)
     return nb, client
 

@@ -7,16 +7,11 @@ types, order, which cell), and the in-process IPython shell for terminals.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import nbformat
 import pytest
-from conftest import ipython_shell
+from conftest import ipython_shell, kernel_env
 from IPython.utils.capture import capture_output
 from nbclient import NotebookClient
-
-WORKTREE = str(Path(__file__).resolve().parent.parent)
 
 FUNCTION = """\
 from dc_jupyter import compute_this
@@ -41,11 +36,7 @@ def run_notebook(cells: list[str], cluster) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
     client = NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True)
-    env = {
-        **os.environ,
-        "DASK_SCHEDULER_ADDRESS": cluster.address,
-        "PYTHONPATH": os.pathsep.join(filter(None, [WORKTREE, os.environ.get("PYTHONPATH")])),
-    }
+    env = kernel_env(cluster.address)
     client.execute(env=env)
     return nb
 
