@@ -238,3 +238,22 @@ def test_big_map_output_capped_with_a_count(shell):
     assert len(shown) + len(cap.outputs) == 1000  # a display counts as a line
     assert "more lines were not shown (at most 1,000 lines" in cap.stderr
     assert shell.user_ns["out"] == list(range(1, 2001))
+
+
+def test_workers_import_matplotlib_only_for_code_that_uses_it(tmp_path):
+    """Output forwarding installs a lazy matplotlib backend on each worker. Dask's
+    error pickling probes every module's ``__file__``, which imported matplotlib
+    there: a worker's first failing or cancelled task took 1-3 s longer."""
+    from conftest import process_cluster
+    from distributed import Client
+
+    from dc_jupyter import compute_this
+
+    def fails():
+        raise ValueError("no plots here")
+
+    with process_cluster(tmp_path) as cluster, Client(cluster.address) as client:
+        with pytest.raises(ValueError, match="no plots here"):
+            compute_this(client=client)(fails)().compute()
+        imported = client.run(lambda: "matplotlib" in __import__("sys").modules)
+        assert imported and not any(imported.values()), imported

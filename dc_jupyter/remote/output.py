@@ -284,6 +284,11 @@ def _install_matplotlib_backend() -> None:
         backend = types.ModuleType(_MPL_BACKEND)
 
         def __getattr__(name):  # matplotlib is imported only when pyplot asks
+            if name.startswith("__"):
+                # Not for dunders: ``inspect.getmodule`` probes ``__file__`` of every
+                # module, which Dask does for each failing task, and importing
+                # matplotlib there made the first error on a worker take seconds.
+                raise AttributeError(name)
             from matplotlib.backends import backend_agg
 
             # Into the module itself: pyplot then copies its vars().
