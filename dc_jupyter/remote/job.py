@@ -633,20 +633,7 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered, item_retries:
         inside_job(),
         output.forwarding(limit=output.BATCH_LIMIT) as forwarding,
     ):
-        for position, args in enumerate(items):
-            forwarding.set_part(position)
-            for attempt in range(item_retries + 1):
-                try:
-                    values[position] = settle(func(*args))
-                    break
-                except BaseException as exc:  # SystemExit & co. fail their item only
-                    if _is_interrupt(exc):
-                        raise
-                    # SystemExit & co. are the user's answer, not a failure: never retried.
-                    if attempt == item_retries or not isinstance(exc, Exception):
-                        _trim_chain(exc)
-                        errors[position] = _portable_error(exc)
-                        break
+        _run_items(func, items, values, errors, forwarding, item_retries)
     busy = time.perf_counter() - clock
     meta = {"worker": _where(), "started": started, "busy": busy, "count": len(items)}
     try:
@@ -664,6 +651,55 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered, item_retries:
             errors[position] = exc
             values[position] = None
     return cloudpickle.dumps((values, errors, meta), protocol=PICKLE_PROTOCOL)
+
+
+def _run_items(func, items, values, errors, forwarding, item_retries: int) -> None:
+    """Call ``func(*args)`` for every item into ``values``; failures go to ``errors``.
+
+    The loop is the whole cost of a map of a trivial function (it was ~3 us an
+    item with a retry loop, a lock and an import per item; ~0.3 us now): per
+    item it only marks which item prints (one attribute, read when a line is
+    written) and checks for a coroutine. A failing item leaves the fast loop
+    for ``_run_one`` (retries, error kept) and the loop goes on after it.
+    """
+    # The object whose ``part`` the output of this thread is marked with.
+    marker = forwarding.forwarder if forwarding.forwarder is not None else forwarding
+    coroutine = types.CoroutineType
+    position, count = 0, len(items)
+    while position < count:
+        try:
+            for position in range(position, count):  # noqa: B020 - resumed after a failure
+                marker.part = position
+                value = func(*items[position])
+                if type(value) is coroutine:
+                    value = run_coroutine(value)
+                values[position] = value
+            forwarding.part = position
+            return
+        except BaseException as exc:  # SystemExit & co. fail their item only
+            if _is_interrupt(exc):
+                raise
+            _run_one(func, items[position], position, values, errors, exc, item_retries)
+            position += 1
+    forwarding.part = max(0, position - 1)
+
+
+def _run_one(func, args, position, values, errors, first, item_retries: int) -> None:
+    """An item whose first call raised ``first``: retried up to ``item_retries`` times."""
+    exc = first
+    for _attempt in range(item_retries):
+        # SystemExit & co. are the user's answer, not a failure: never retried.
+        if not isinstance(exc, Exception):
+            break
+        try:
+            values[position] = settle(func(*args))
+            return
+        except BaseException as again:
+            if _is_interrupt(again):
+                raise
+            exc = again
+    _trim_chain(exc)
+    errors[position] = _portable_error(exc)
 
 
 def split_batch(blob: bytes) -> bytes:
