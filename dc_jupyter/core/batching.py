@@ -13,10 +13,12 @@ same time.
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Sequence
 
 from dc_jupyter.core import pickling
 from dc_jupyter.errors import SerializationError
+from dc_jupyter.remote import job as remote_job
 
 #: How much a batch may grow from one measurement to the next; bounds the damage
 #: of a first item that happened to be much faster than the rest.
@@ -94,6 +96,21 @@ def check_items(items: Sequence[tuple], name: str, modules: set[str] | None = No
         per_item = max(size / len(part), 1.0)
         chunk = max(1, min(chunk * 4, int(4_000_000 / per_item)))
     return total_bytes / len(items) if items else 0.0
+
+
+def pickle_plain(items: Sequence[tuple]) -> bytes:
+    """Pickle a batch of plain values (ints, strings, ...) with the C pickler."""
+    return pickle.dumps(items, protocol=remote_job.PICKLE_PROTOCOL)
+
+
+def plain_item_bytes(items: Sequence[tuple], sample: int = 1000) -> float:
+    """The mean pickled size of plain items, from about ``sample`` of them spread
+    over the list (they always pickle; pickling all 200,000 only to size them
+    cost as much as sending them)."""
+    if not items:
+        return 0.0
+    picked = items[:: max(1, len(items) // sample)]
+    return len(pickle_plain(picked)) / len(picked)
 
 
 def _raise_for_first_bad(part: Sequence[tuple], offset: int, name: str) -> None:
