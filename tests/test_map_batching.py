@@ -34,7 +34,7 @@ def test_many_tiny_items_are_batched_and_come_back_in_order(cluster):
 def test_slow_items_are_not_grouped_and_spread_over_workers(cluster):
     @compute_this(address=cluster.address)
     def slow(i):
-        time.sleep(0.05)
+        time.sleep(0.3)  # over the 0.25 s of work a batch aims at
         return i, os.getpid()
 
     handle = slow.map(range(12)).submit()

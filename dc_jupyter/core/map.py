@@ -221,7 +221,7 @@ class MapFuture:
         self._slots = max(1, slots)
         self._sizer = BatchSizer(
             self._slots,
-            float(config.get("map.batch-seconds", 0.05)),
+            float(config.get("map.batch-seconds", 0.25)),
             max_bytes=_channel_threshold(channel),
             bytes_per_item=bytes_per_item,
         )
