@@ -215,3 +215,38 @@ def test_retries_rerun_failed_map_items(cluster, tmp_path):
     once = compute_this(address=cluster.address)(first_try_fails)
     results = once.map(range(3)).compute(errors="return")
     assert [type(r) for r in results] == [RuntimeError] * 3
+
+
+def test_items_after_a_failing_one_in_the_same_batch_still_run(cluster):
+    # Batches of hundreds of items: each failure sits in the middle of one, and
+    # the worker must go on with the items after it (one bad item fails one item).
+    @compute_this(address=cluster.address)
+    def picky(i):
+        if i % 500 == 7:
+            raise ValueError(f"bad {i}")
+        return i
+
+    handle = picky.map(range(2000)).submit()
+    results = handle.result(timeout=60, errors="return")
+    bad = [i for i, r in enumerate(results) if isinstance(r, ValueError)]
+    assert bad == [7, 507, 1007, 1507]
+    assert str(results[507]) == "bad 507"
+    assert [r for i, r in enumerate(results) if i not in bad] == [
+        i for i in range(2000) if i not in bad
+    ]
+    assert handle.tasks_sent < 200  # batched, not one task per item
+
+
+def test_async_functions_map_with_errors_per_item(cluster):
+    @compute_this(address=cluster.address)
+    async def later(i):
+        import asyncio
+
+        await asyncio.sleep(0)
+        if i == 3:
+            raise KeyError(i)
+        return i * 2
+
+    results = later.map(range(300)).compute(errors="return")
+    assert isinstance(results[3], KeyError)
+    assert [r for i, r in enumerate(results) if i != 3] == [i * 2 for i in range(300) if i != 3]
