@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from dc_jupyter.backends.dask import versions
 from dc_jupyter.remote import job as remote_job
 from dc_jupyter.remote import output as remote_output
 from dc_jupyter.remote import plugins
@@ -76,5 +77,11 @@ def installed_on(client: Any) -> ModuleType:
                 client.register_plugin(plugins.InstallOnWorkers(MODULE_NAME, _SOURCE))
                 # Output events are forgotten by the scheduler once passed on.
                 client.register_plugin(plugins.ForgetOutputEvents(remote_output.OUTPUT_TOPIC))
+                # Only workers with our versions, now and joining later, get work
+                # (registered even with check-versions off, so turning it on works).
+                for gate in versions.gate_plugins():
+                    client.register_plugin(gate)
+                versions.watch_gate(client)
                 _installed[client] = scheduler_id
+    versions.warn_mismatched_workers(client)
     return module
