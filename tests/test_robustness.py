@@ -336,6 +336,53 @@ def test_ctrl_c_returns_at_once_with_frozen_workers(rcluster, rclient, steady):
     assert took < 1.5, f"Ctrl-C returned after {took:.1f} s"
 
 
+def test_frozen_workers_are_named_and_the_wait_is_bounded_by_the_setting(
+    rcluster, rclient, steady, shell
+):
+    """A worker that stops answering (SIGSTOP) is named in the job widget and the
+    map's text bar; with dc_jupyter.frozen-worker-timeout a .compute() and a
+    %%distribute cell raise FrozenWorkerError after that long, and cancel."""
+    import io
+
+    import dask
+
+    from dc_jupyter import FrozenWorkerError
+    from dc_jupyter.ui.textbar import TextBar
+    from dc_jupyter.ui.widgets import JobView
+
+    func = compute_this(client=rclient)(slow)
+    addresses = list(rclient.scheduler_info(n_workers=-1)["workers"])
+    with frozen_workers(rcluster, rclient):
+        shown = func().submit()
+        view = JobView(shown)  # the real widget model; no front end needed to read it
+        mapped = func.map(range(4)).submit()
+        bar = TextBar(mapped, file=io.StringIO())
+        try:
+            assert wait_until(lambda: view.refresh() or "has not answered" in view.html.value, 30)
+            assert wait_until(
+                lambda: bar.refresh() or "has not answered" in bar.bar.fp.getvalue(), 30
+            )
+            text = view.text(view.state)
+            assert "has not answered for" in text and "(frozen or overloaded?)" in text
+            assert any(a in text for a in addresses), text
+            assert not shown.done()  # without the setting, the wait is not bounded
+
+            with dask.config.set({"dc_jupyter.frozen-worker-timeout": 3}):
+                start = time.monotonic()
+                with pytest.raises(FrozenWorkerError, match="has not answered for") as info:
+                    func(1).compute()
+                assert time.monotonic() - start < 15
+                assert isinstance(info.value, TimeoutError)
+                assert "frozen-worker-timeout (3 s)" in str(info.value)
+                result = shell.run_cell("%%distribute\nx = 1")
+                assert isinstance(result.error_in_exec, FrozenWorkerError), result.error_in_exec
+                assert "x" not in shell.user_ns
+        finally:
+            shown.cancel()
+            mapped.cancel()
+            bar.close()
+
+
 # -- a lost scheduler -------------------------------------------------------------------
 
 

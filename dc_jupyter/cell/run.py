@@ -23,8 +23,8 @@ from IPython.core.error import UsageError
 
 from dc_jupyter.cell.analysis import CellAnalysis, analyze_cell
 from dc_jupyter.cell.futures import CellFuture, SweepFuture
+from dc_jupyter.core import frozen, pickling
 from dc_jupyter.core import output as live_output
-from dc_jupyter.core import pickling
 from dc_jupyter.core.function import JobOptions, RemoteFunction
 from dc_jupyter.core.futures import format_exception_summary
 from dc_jupyter.core.map import MapJob, take_items
@@ -301,6 +301,8 @@ def _wait(handle: Any, output: live_output.Listener | None, timeout: float | Non
     """Wait for ``handle``; its output is written as it arrives (``core.output``)."""
     __tracebackhide__ = True
     deadline = None if timeout is None else time.monotonic() + timeout
+    bound = frozen.limit()  # dc_jupyter.frozen-worker-timeout
+    looked = time.monotonic()
     try:
         while not handle.done():
             if deadline is not None and time.monotonic() > deadline:
@@ -309,6 +311,9 @@ def _wait(handle: Any, output: live_output.Listener | None, timeout: float | Non
                     f"The cell did not finish within {timeout:g} s; its remote work was "
                     "cancelled. Raise --timeout if it needs longer."
                 )
+            if bound is not None and time.monotonic() - looked >= frozen.POLL:
+                looked = time.monotonic()
+                frozen.stop_if_frozen(handle, bound)
             time.sleep(_POLL)
     except BaseException:  # KeyboardInterrupt included: stop the remote work
         handle.cancel()

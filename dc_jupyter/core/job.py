@@ -8,11 +8,12 @@ cluster; its result never passes through the notebook.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from dc_jupyter.config import seconds
-from dc_jupyter.core import observe, pickling
+from dc_jupyter.core import frozen, observe, pickling
 from dc_jupyter.core.signature import labelled_arguments
 from dc_jupyter.core.submit import submit_job
 from dc_jupyter.errors import SerializationError
@@ -193,18 +194,32 @@ class Job:
 
 
 def wait_or_cancel(handle: Any, timeout: float | None) -> Any:
-    """Wait for ``handle``; on timeout, cancel the remote work and raise ``TimeoutError``."""
+    """Wait for ``handle``; on timeout, cancel the remote work and raise ``TimeoutError``.
+
+    With ``dc_jupyter.frozen-worker-timeout`` set, the wait also looks every
+    second whether a worker running the work stopped answering for that long
+    (``frozen.stop_if_frozen``: cancelled, ``FrozenWorkerError``).
+    """
     __tracebackhide__ = True
-    try:
-        return handle.result(timeout=timeout)
-    except TimeoutError as exc:
-        if handle.done():
-            raise
-        handle.cancel()
-        raise TimeoutError(
-            f"{handle.name} did not finish within {timeout:g} s; its remote work was cancelled. "
-            "Raise the timeout (timeout=... / --timeout) if it needs longer."
-        ) from exc
+    bound = frozen.limit()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = timeout
+        if bound is not None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            step = frozen.POLL if left is None else min(frozen.POLL, left)
+        try:
+            return handle.result(timeout=step)
+        except TimeoutError as exc:
+            if handle.done():
+                raise
+            if bound is None or (deadline is not None and time.monotonic() >= deadline):
+                handle.cancel()
+                raise TimeoutError(
+                    f"{handle.name} did not finish within {timeout:g} s; its remote work was "
+                    "cancelled. Raise the timeout (timeout=... / --timeout) if it needs longer."
+                ) from exc
+            frozen.stop_if_frozen(handle, bound)
 
 
 def _short(value: Any, limit: int = 24) -> str:

@@ -554,6 +554,11 @@ class MapFuture:
         """The Dask client the map runs on; None for in-process and executor backends."""
         return getattr(self._channel, "client", None)
 
+    @property
+    def key_prefix(self) -> str:
+        """What the keys of this map's tasks start with (``square-map-<token>-``)."""
+        return f"{self.name}-map-{self._token}-"
+
     def done(self) -> bool:
         return self._finished.is_set()
 
@@ -678,6 +683,14 @@ class _ResultWith:
 
     def cancel(self) -> bool:
         return self.handle.cancel()
+
+    @property
+    def client(self) -> Any:
+        return self.handle.client
+
+    @property
+    def key_prefix(self) -> str:
+        return self.handle.key_prefix
 
 
 def _call_logged(fn: Callable[[MapFuture], Any], handle: MapFuture) -> None:
