@@ -462,3 +462,46 @@ def test_computed_results_are_not_pinned_by_the_widgets(rcluster, rclient, stead
         assert wait_until(lambda: scheduler_task_count(rclient) == 0, timeout=15), (
             rclient.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
         )
+
+
+def held_results(client) -> list[str]:
+    """The keys whose results the cluster still keeps in memory."""
+    return client.run_on_scheduler(
+        lambda dask_scheduler: [str(k) for k, ts in dask_scheduler.tasks.items() if ts.who_has]
+    )
+
+
+def test_async_cells_whose_handles_were_deleted_leave_no_results(
+    rcluster, rclient, steady, tmp_path
+):
+    """In a real kernel (each cell's widget shown): 20 `--async` cells kept with -o,
+    waited for, then deleted and collected, leave no result on the cluster."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    n = 20
+    names = ", ".join(f"h{k}" for k in range(n))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(f"%load_ext dc_jupyter\n%distribute connect {rcluster.address}"),
+        *[
+            nbformat.v4.new_code_cell(
+                f"%%distribute --async -o h{k}\nv{k} = bytes(1_000_000 + {k})\nlen(v{k})"
+            )
+            for k in range(n)
+        ],
+        nbformat.v4.new_code_cell(f"for h in [{names}]:\n    h.result(timeout=120)\nlen(v{n - 1})"),
+        nbformat.v4.new_code_cell(f"del h, {names}\nimport gc; gc.collect(); 'collected'"),
+    ]
+    env = {**os.environ}
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    client = NotebookClient(nb, timeout=180, kernel_name="python3", store_widget_state=True)
+    with client.setup_kernel(env=env, cwd=str(tmp_path)):
+        for index, cell in enumerate(nb.cells[:-1]):
+            client.execute_cell(cell, index)
+        assert f"{1_000_000 + n - 1}" in str(nb.cells[-2].outputs)
+        assert held_results(rclient), "the handles should still hold their results here"
+        client.execute_cell(nb.cells[-1], len(nb.cells) - 1)
+        assert "collected" in str(nb.cells[-1].outputs)
+        # Checked while the kernel, and the widgets in it, are still alive.
+        assert wait_until(lambda: not held_results(rclient), timeout=15), held_results(rclient)
