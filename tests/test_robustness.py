@@ -374,6 +374,8 @@ def test_frozen_workers_are_named_and_the_wait_is_bounded_by_the_setting(
                 assert time.monotonic() - start < 15
                 assert isinstance(info.value, TimeoutError)
                 assert "frozen-worker-timeout (3 s)" in str(info.value)
+                with pytest.raises(FrozenWorkerError):
+                    func.map(range(2)).compute()
                 result = shell.run_cell("%%distribute\nx = 1")
                 assert isinstance(result.error_in_exec, FrozenWorkerError), result.error_in_exec
                 assert "x" not in shell.user_ns
