@@ -446,6 +446,15 @@ def ensure_compatible(client: Any) -> None:
     _checked.add(client)
 
 
+def identity(client: Any) -> dict[str, Any]:
+    """The scheduler's identity (id, services, workers) as Dask cached it: no round trip.
+
+    The one use of the private ``Client._scheduler_identity`` (guarded by
+    tests/test_units.py); ``client.scheduler_info()`` when it is missing.
+    """
+    return getattr(client, "_scheduler_identity", None) or client.scheduler_info()
+
+
 def scheduler_info(client: Any) -> dict[str, Any]:
     """``client.scheduler_info()`` listing every worker (newer Dask lists 5 by default)."""
     if _accepts_n_workers(client):
