@@ -385,6 +385,14 @@ def test_frozen_workers_are_named_and_the_wait_is_bounded_by_the_setting(
             bar.close()
 
 
+def test_a_bad_frozen_worker_timeout_is_named():
+    import dask
+
+    with dask.config.set({"dc_jupyter.frozen-worker-timeout": "soon"}):
+        with pytest.raises(ValueError, match="frozen-worker-timeout .*'soon'"):
+            compute_this(backend="local")(slow)(1).compute()
+
+
 # -- a lost scheduler -------------------------------------------------------------------
 
 

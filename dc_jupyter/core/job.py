@@ -215,9 +215,9 @@ def wait_or_cancel(
     finished = threading.Event()
     # Woken by the handle itself, not by polling: no latency added to short calls.
     handle.add_done_callback(lambda _: finished.set())
-    bound = frozen.limit()
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
+        bound = frozen.limit()  # a bad setting: the error, and the work is cancelled
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             step = (
