@@ -289,6 +289,68 @@ def test_lru_cache_helpers_arrive_by_value(shell):
     assert ok(shell, "slow_square.cache_info().currsize") >= 1  # the notebook's cache is kept
 
 
+DISPATCH = """
+import functools
+@functools.singledispatch
+def describe(x):
+    return "thing"
+@describe.register
+def _(x: int):
+    return f"int {x}"
+@describe.register(list)
+def _each(x):
+    return [describe(v) for v in x]     # calls the dispatcher again
+"""
+
+
+def test_cached_helpers_defined_in_a_cell_come_back(shell):
+    cell = (
+        "import functools\n@functools.lru_cache(maxsize=16)\ndef sq(x):\n    return x * x\n"
+        "@functools.cache\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+        "v = sq(3) + fib(20)\n"
+    )
+    ok(shell, cell)
+    local = shell.user_ns["v"]
+    ok(shell, "del sq, fib, v")
+    ok(shell, "%%distribute\n" + cell)
+    assert shell.user_ns["v"] == local == 6774
+    # Back in the notebook: cached wrappers again, working here and sent again.
+    assert ok(shell, "sq.cache_parameters()['maxsize'], fib(10), hasattr(fib, 'cache_info')") == (
+        16,
+        55,
+        True,
+    )
+    ok(shell, "@compute_this\ndef both(x):\n    return sq(x) + fib(x)")
+    assert ok(shell, "both(10).compute()") == 155 == ok(shell, "both.local(10)")
+
+
+def test_singledispatch_helpers_in_functions_and_cells(shell):
+    ok(shell, DISPATCH + "@compute_this\ndef use(x):\n    return describe(x)")
+    values = "[1, 'a', [2, [3, 'b']]]"
+    local = ok(shell, f"[use.local(v) for v in {values}]")
+    assert local == ["int 1", "thing", ["int 2", ["int 3", "thing"]]]
+    assert ok(shell, f"use.map({values}).compute()") == local
+    assert ok(shell, f"%%distribute\nw = [describe(v) for v in {values}]\nw") == local
+    # Defined in a cell: it comes back as a dispatcher with its registry.
+    ok(shell, "del describe")
+    ok(shell, "%%distribute\n" + DISPATCH)
+    assert ok(shell, "describe([1, 'x']), sorted(c.__name__ for c in describe.registry)") == (
+        ["int 1", "thing"],
+        ["int", "list", "object"],
+    )
+    assert ok(shell, "use(7).compute()") == "int 7"
+
+
+def test_a_cached_helper_in_work_sent_from_inside_a_job(shell):
+    ok(
+        shell,
+        "import functools\n@functools.lru_cache\ndef sq(x):\n    return x * x\n"
+        "@compute_this\ndef g(x):\n    return sq(x) + 1\n"
+        "@compute_this\ndef spread(n):\n    return g.map(range(n)).compute()",
+    )
+    assert ok(shell, "spread(4).compute()") == [1, 2, 5, 10]
+
+
 def test_lru_cache_and_cached_property_in_a_notebook_class(shell):
     ok(
         shell,
@@ -336,6 +398,11 @@ def test_in_a_real_kernel(far_cluster, tmp_path):
         "import functools\n@functools.lru_cache\ndef slow_square(x):\n    return x * x\n"
         "@compute_this\ndef use(x):\n    return slow_square(x) + 1\nuse(3).compute()",
         "%%distribute\nw = slow_square(4)\nw",
+        DISPATCH + "@compute_this\ndef use(x):\n    return describe(x)\n"
+        "(use([1, 'a']).compute(), use.local([1, 'a']))",
+        "%%distribute\nimport functools\n@functools.cache\ndef cube(x):\n    return x ** 3\n"
+        "c = cube(2)",
+        "(cube(3), use.map([2]).compute())",
         # an edit in the editor, between two cells
         f"import os, pathlib\np = pathlib.Path('mylib.py')\np.write_text({v2!r})\n"
         "t = p.stat().st_mtime_ns + 2_000_000_000\nos.utime(p, ns=(t, t))",
@@ -370,5 +437,7 @@ def test_in_a_real_kernel(far_cluster, tmp_path):
     assert result(3) == "['A!', 'B!']"
     assert result(4) == "10"
     assert result(5) == "16"
-    assert result(7) == "(2, 2)"
-    assert result(8) == "'A!!'"
+    assert result(6) == "(['int 1', 'thing'], ['int 1', 'thing'])"
+    assert result(8) == "(27, ['int 2'])"
+    assert result(10) == "(2, 2)"
+    assert result(11) == "'A!!'"
