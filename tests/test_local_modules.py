@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import HERE, connected_shell, ipython_shell, process_cluster
+from conftest import HERE, connected_shell, ipython_shell, process_cluster, wait_until
 from IPython.utils.capture import capture_output
 from nbclient import NotebookClient
 
@@ -274,6 +274,47 @@ def test_a_function_whose_argument_needs_a_missing_package(shell, notebook_dir):
     assert not marker.exists()
     # Plain data goes through: only what the work refers to is checked.
     assert ok(shell, "keys({'b': 2, 'a': 1}).compute()") == ["a", "b"]
+
+
+def test_a_worker_that_joins_later_gets_the_modules_and_is_checked(
+    notebook_dir, tmp_path, monkeypatch
+):
+    """A worker started after the first job: the plugin gives it the notebook's
+    modules, and the packages checked so far are checked again on it."""
+    from conftest import BLOCK_PRELOAD as NO_DC_JUPYTER
+    from distributed import Client
+
+    monkeypatch.chdir(notebook_dir)
+    monkeypatch.syspath_prepend(str(notebook_dir))
+    _forget_local_modules()
+    write(notebook_dir / "mylib.py", MYLIB_V1)
+    no_nbformat = tmp_path / "no_nbformat.py"
+    no_nbformat.write_text("import sys\nsys.modules['nbformat'] = None\n")
+    with process_cluster(tmp_path, n_workers=1, preload=NO_DC_JUPYTER) as cluster:
+        shell = connected_shell(ipython_shell(), cluster.address)
+        # The only worker has nbformat; mylib travels.
+        cell = "%%distribute\nimport nbformat, mylib\nloud = mylib.shout('a')\nloud"
+        assert ok(shell, cell) == "A!"
+        cluster.add_worker("--preload", str(no_nbformat), name="late")
+        cluster.wait_for_workers(2)
+        with Client(cluster.address, timeout="30s", set_as_default=False) as client:
+            late = next(
+                a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "late"
+            )
+            # The notebook's module is there without any new work being sent...
+            got = client.run(lambda: __import__("mylib").shout("b"), workers=[late])
+            assert got == {late: "B!"}
+
+            # ...and the next cell that needs nbformat is refused, naming the new worker.
+            def refused():
+                result, _, _ = run(shell, cell.replace("loud = ", "again = "))
+                return result.error_in_exec
+
+            error = wait_until(lambda: refused(), timeout=30)
+        assert isinstance(error, ModuleNotFoundError) and error.name == "nbformat"
+        assert f"on 1 of 2 workers ({late})" in str(error) and "Nothing was sent" in str(error)
+        assert ok(shell, "%%distribute\nimport mylib\nmylib.shout('c')") == "C!"
+    _forget_local_modules()
 
 
 def test_lru_cache_helpers_arrive_by_value(shell):
