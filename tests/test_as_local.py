@@ -249,6 +249,18 @@ def test_in_place_changes_are_not_brought_back_by_pull_or_a_failed_cell(shell):
     assert shell.user_ns["results"] == [1]
 
 
+def test_the_in_place_check_can_be_switched_off(shell):
+    import dask
+
+    run(shell, "results = [1]")
+    with dask.config.set({"dc_jupyter.check-in-place": False}):
+        _, _, err, error = run(shell, "%%distribute\nresults.append(2)\nn = len(results)\n")
+    assert error is None, err
+    # The cell saw its change; the notebook keeps its own value, and no note claims otherwise.
+    assert shell.user_ns["n"] == 2 and shell.user_ns["results"] == [1]
+    assert "changed in place" not in err
+
+
 # -- a real kernel ---------------------------------------------------------------------
 
 
