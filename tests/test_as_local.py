@@ -220,8 +220,11 @@ def test_decorated_calls_in_a_cell(shell):
         "computed = fact(5).compute()\nmapped = square.map([1, 2]).compute()\n"
         "method = K(3).times(4).compute()\n"
     )
-    local, remote, _ = both_ways(shell, "pass", cell, ["computed", "mapped", "method"])
+    local, remote, err = both_ways(shell, "pass", cell, ["computed", "mapped", "method"])
     assert local == remote == {"computed": 120, "mapped": [1, 4], "method": 12}
+    # Calling them (sending work from the worker) does not change them in place.
+    assert "changed in place" not in err, err
+    assert type(shell.user_ns["square"]).__name__ == "RemoteFunction"
 
 
 def test_in_place_changes_come_back_with_a_note(shell):

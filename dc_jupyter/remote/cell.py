@@ -145,6 +145,10 @@ def _snapshot(namespace: dict, assigned) -> dict:
     for name, value in namespace.items():
         if name.startswith("__") or name in skip or isinstance(value, _NOT_WATCHED + code):
             continue
+        if hasattr(value, "__wrapped__") and callable(value):
+            # Code too: a decorated function (its worker-side pickle differs after
+            # it sent work from here), an lru_cache helper (its cache fills).
+            continue
         try:
             watched[name] = (value, _digest(value))
         except Exception:  # cannot pickle it here: it cannot come back either
