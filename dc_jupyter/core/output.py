@@ -105,6 +105,7 @@ class Listener:
         self._line_start: dict[tuple[int, str], bool] = {}
         self._received = 0
         self._seen: set[tuple] = set()  # (run id, attempt, sequence number) of each message
+        self._attempts: dict[Any, list[str]] = {}  # run id -> its attempts, first seen first
         self._state = threading.Condition()
         self._written = 0
         self._closed = threading.Event()
@@ -125,7 +126,18 @@ class Listener:
                 return
             self._seen.add(token)
             self._received += 1
-        _enqueue(self, {**message, "part": part})
+            number = self._attempt_number(message)
+        _enqueue(self, {**message, "part": part, "attempt_number": number})
+
+    def _attempt_number(self, message: dict) -> int:
+        """1 for a run's first attempt; a retry (Dask's ``retries=``, a rerun after a
+        worker died, a map item's retry) counts up. Work the run sent from its
+        worker (``run/its own`` attempts) counts as the run."""
+        run = str(message.get("attempt", "")).partition("/")[0]
+        attempts = self._attempts.setdefault(message.get("id"), [])
+        if run not in attempts:
+            attempts.append(run)
+        return attempts.index(run) + 1 + int(message.get("retry", 0))
 
     def finish(self) -> None:
         """The work is done: write what came, then the notes, then stop listening."""
@@ -187,7 +199,10 @@ class Listener:
         text = message["text"]
         part = message.get("part", 0)
         prefix = self.prefix(part) if self.prefix is not None else ""
-        key = (part, message.get("stream", "stdout"))
+        number = message.get("attempt_number", 1)
+        if number > 1:  # a retry prints again: say which attempt a line is from
+            prefix += f"[attempt {number}] "
+        key = (part, message.get("stream", "stdout"), number)
         at_start = self._line_start.get(key, True)
         out = []
         for line in text.splitlines(keepends=True):

@@ -58,13 +58,23 @@ class _NoForwarding:
     def __exit__(self, *exc_info) -> None:
         return None
 
-    def set_part(self, part: int) -> None:
+    def set_part(self, part: int, retry: int = 0) -> None:
         pass
 
 
 class _NoOutput:
     BATCH_LIMIT = 0
     forwarding = _NoForwarding
+
+    @staticmethod
+    def current_route():
+        return None
+
+
+def output_route():
+    """Where the output of work sent from this job goes (``remote.output.current_route``)."""
+    route = getattr(_output(), "current_route", None)
+    return route() if route is not None else None
 
 
 class Dep:
@@ -395,16 +405,18 @@ def dump_result(result, name: str) -> bytes:
         ) from None
 
 
-def run_job(payload: bytes, *dep_blobs: bytes) -> bytes:
+def run_job(payload: bytes, *dep_blobs: bytes, route: tuple = ()) -> bytes:
     """Run one call on a worker and return its pickled result.
 
     Whatever the user's code raises is made safe to send first (``sendable``):
     Dask would shut the worker down on ``SystemExit``, and hang on a traceback
-    thousands of frames deep.
+    thousands of frames deep. ``route``: ``(ident, part, attempt)`` of the job
+    that sent this call from its worker, whose cell shows its output.
     """
     error = None
+    ident, part, attempt = route or (None, 0, "")
     # prints etc. reach the notebook, live
-    with running_task(), inside_job(), _output().forwarding():
+    with running_task(), inside_job(), _output().forwarding(ident, part, attempt=attempt):
         try:
             name, result = call_payload(payload, dep_blobs)
         except BaseException as exc:
@@ -740,8 +752,8 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered, item_retries:
         output.forwarding(limit=output.BATCH_LIMIT) as forwarding,
     ):
         for position, args in enumerate(items):
-            forwarding.set_part(position)
             for attempt in range(item_retries + 1):
+                forwarding.set_part(position, attempt)  # a retry's lines are marked
                 try:
                     values[position] = settle(func(*args))
                     break
