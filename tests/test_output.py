@@ -44,12 +44,21 @@ def flaky(path):
     if tries < 2:
         raise ValueError(tries)
     return tries
+
+@compute_this()
+def later(seconds):
+    import time
+    print('early line')
+    time.sleep(seconds)
+    print('late line')
+    return seconds
 """
 
 
 ASYNC = range(20)
 BUSY = 5 + len(ASYNC)  # the cell that waits for the --async ones
 NESTED = BUSY + 1
+LATE = NESTED + 1
 
 
 def run_notebook(cells: list[str], cluster) -> nbformat.NotebookNode:
@@ -100,6 +109,9 @@ def notebook(cluster):
         "print('busy cell')",
         # NESTED: work sent from inside a job prints into the job's cell
         "spread(2).compute()",
+        # LATE: a handle still running when its cell ends; the next cell waits for it
+        "import time\nlate = later(2).submit()\ntime.sleep(0.5)",
+        "late.result()\nprint('next cell')",
     ]
     return run_notebook(cells, cluster)
 
@@ -144,6 +156,20 @@ def test_map_lines_marked_with_their_item(notebook):
 def test_submitted_handle_output_in_its_cell(notebook):
     shown = kinds(notebook.cells[4])
     assert shown[0] == "stdout:hello 7\n" and shown[-1] == "execute_result"
+
+
+def test_late_output_of_a_submitted_handle_goes_to_the_cell_that_submitted_it(notebook):
+    # As ipyparallel shows a late result's output with the cell that sent it: what
+    # it printed while its cell ran is a stream there; what came after its cell
+    # ended is in a display that cell kept for it.
+    cell, after = notebook.cells[LATE], notebook.cells[LATE + 1]
+    streams = "".join(o["text"] for o in cell.outputs if o["output_type"] == "stream")
+    displays = "".join(
+        o["data"].get("text/plain", "") for o in cell.outputs if o["output_type"] == "display_data"
+    )
+    assert "early line" in streams and "late line" not in streams, cell.outputs
+    assert "late line" in displays, cell.outputs
+    assert kinds(after) == ["stdout:next cell\n"]
 
 
 def test_async_cells_write_into_their_own_cell(notebook):
