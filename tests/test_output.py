@@ -268,6 +268,15 @@ def test_retried_work_marks_the_lines_of_each_attempt(shell, tmp_path):
         "[item 0] [attempt 2] try 1",
         "[item 0] [attempt 3] try 2",
     ]
+    # A cell rerun by --retries.
+    with capture_output() as cap:
+        result = shell.run_cell(
+            f"%%distribute --retries 1\nimport os\npath = {str(tmp_path / 'cell')!r}\n"
+            "n = os.path.getsize(path) if os.path.exists(path) else 0\n"
+            "open(path, 'a').write('x')\nprint('cell try', n)\nif n < 1:\n    raise ValueError(n)"
+        )
+    assert result.error_in_exec is None
+    assert cap.stdout.splitlines() == ["cell try 0", "[attempt 2] cell try 1"]
 
 
 def test_in_process_sweeps_and_maps_mark_their_lines(shell):
