@@ -568,6 +568,13 @@ CASES = [
         10,
     ),
     (
+        "connect-silent-port-no-scheme",  # Dask reads 'host:port' as tcp://host:port
+        lambda a: dc_jupyter.connect(f"127.0.0.1:{_silent_port()}", timeout=2),
+        SchedulerUnreachableError,
+        "did not answer as a Dask scheduler within 2 s",
+        10,
+    ),
+    (
         "connect-hang-blocks-nothing-else",
         _connect_while_others_work,
         SchedulerUnreachableError,

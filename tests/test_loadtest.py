@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -113,7 +114,9 @@ def test_scheduler_option_runs_both_modes_on_worker_subsets_and_leaves_no_trace(
     assert f"load test on the cluster at {address} (3 workers)" in proc.stderr
     assert "dashboard: http://127.0.0.1:" in proc.stderr
     assert "\r" not in proc.stderr and "\x1b[" not in proc.stderr
-    assert "[jobs, 3 workers, 6 x 10 ms]" in proc.stderr and "calls, busy" in proc.stderr
+    assert "[jobs, 3 workers, 6 x 10 ms]" in proc.stderr and re.search(
+        r"\d+ calls, \d+% busy", proc.stderr
+    )
 
     # Both modes at 1, 2 and 3 workers, each on that many workers, every call counted.
     rows = list(csv.DictReader(open(out / "loadtest.csv")))
@@ -160,6 +163,24 @@ def test_cli_names_an_unreachable_scheduler(tmp_path):
     assert proc.returncode == 1
     assert "error: Could not reach the Dask scheduler at 'tcp://127.0.0.1:9'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@SLOW
+def test_no_dashboard_link_when_the_scheduler_serves_none(tmp_path):
+    """Dask lists a "dashboard" service even under --no-dashboard (the page is a
+    404 there): the load test must not print a dead link."""
+    from distributed import Client
+
+    from dc_jupyter.tools.loadtest.run import _dashboard
+
+    cluster = ProcessCluster(n_workers=1, scheduler_args=["--no-dashboard"], workdir=str(tmp_path))
+    try:
+        cluster.start_scheduler(timeout=120)  # no workers needed
+        with Client(cluster.address, set_as_default=False) as client:
+            assert "dashboard" in client.scheduler_info()["services"]  # what misled it
+            assert _dashboard(client).startswith("none (the scheduler serves no dashboard")
+    finally:
+        cluster.stop()
 
 
 @SLOW

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 import types
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from dc_jupyter.core import output as live_output
 from dc_jupyter.core import pickling
 from dc_jupyter.core.function import JobOptions, RemoteFunction
 from dc_jupyter.core.futures import format_exception_summary
+from dc_jupyter.core.job import wait_or_cancel
 from dc_jupyter.core.map import MapJob, take_items
 from dc_jupyter.core.tracebacks import hide_local_frames
 from dc_jupyter.errors import SerializationError
@@ -42,7 +42,6 @@ pickling.cloudpickle.register_pickle_by_value(remote_cell)
 #: Provided on the worker (``remote_cell.WorkerShell``; ``display`` by
 #: ``remote.output``, as IPython provides it), never shipped.
 _PROVIDED_ON_WORKER = frozenset({"get_ipython", "display"})
-_POLL = 0.05  # seconds between checks while waiting
 
 
 @dataclass(frozen=True)
@@ -304,19 +303,7 @@ def _element_prefix(name: str, element: Any) -> str:
 def _wait(handle: Any, output: live_output.Listener | None, timeout: float | None) -> None:
     """Wait for ``handle``; its output is written as it arrives (``core.output``)."""
     __tracebackhide__ = True
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        while not handle.done():
-            if deadline is not None and time.monotonic() > deadline:
-                handle.cancel()
-                raise TimeoutError(
-                    f"The cell did not finish within {timeout:g} s; its remote work was "
-                    "cancelled. Raise --timeout if it needs longer."
-                )
-            time.sleep(_POLL)
-    except BaseException:  # KeyboardInterrupt included: stop the remote work
-        handle.cancel()
-        raise
+    wait_or_cancel(handle, timeout, name="The cell", hint="--timeout")
     if output is not None:
         output.finish()
         output.wait_written()

@@ -8,6 +8,7 @@ cluster; its result never passes through the notebook.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -161,7 +162,8 @@ class Job:
         timeout = self.function.options.timeout if timeout is None else seconds(timeout, "timeout")
         handle = self.submit(backend)
         with observe.watching(handle):
-            value = wait_or_cancel(handle, timeout)
+            wait_or_cancel(handle, timeout)
+            value = handle.result()
         # Nobody else holds this handle but the widget, which keeps it to draw
         # the final state: the cluster's copy of the result is not needed any more.
         handle.release_remote()
@@ -192,19 +194,34 @@ class Job:
         return observe.lazy_job_html(self.name, ", ".join(shown))
 
 
-def wait_or_cancel(handle: Any, timeout: float | None) -> Any:
-    """Wait for ``handle``; on timeout, cancel the remote work and raise ``TimeoutError``."""
+def wait_or_cancel(
+    handle: Any,
+    timeout: float | None,
+    name: str | None = None,
+    hint: str = "timeout=... / --timeout",
+) -> None:
+    """Wait until ``handle`` is done, without fetching its result: the one wait of
+    jobs, maps and cells.
+
+    On ``timeout`` (seconds) the remote work is cancelled and ``TimeoutError``
+    names ``name`` (default ``handle.name``) and how to raise it (``hint``). On
+    Ctrl-C the remote work is cancelled and the ``KeyboardInterrupt`` goes on.
+    """
     __tracebackhide__ = True
+    finished = threading.Event()
+    # Woken by the handle itself, not by polling: no latency added to short calls.
+    handle.add_done_callback(lambda _: finished.set())
     try:
-        return handle.result(timeout=timeout)
-    except TimeoutError as exc:
-        if handle.done():
-            raise
+        done = finished.wait(timeout)
+    except BaseException:  # KeyboardInterrupt: stop the remote work too
+        handle.cancel()
+        raise
+    if not done and not handle.done():
         handle.cancel()
         raise TimeoutError(
-            f"{handle.name} did not finish within {timeout:g} s; its remote work was cancelled. "
-            "Raise the timeout (timeout=... / --timeout) if it needs longer."
-        ) from exc
+            f"{name or handle.name} did not finish within {timeout:g} s; its remote work was "
+            f"cancelled. Raise the timeout ({hint}) if it needs longer."
+        )
 
 
 def _short(value: Any, limit: int = 24) -> str:

@@ -115,7 +115,8 @@ class MapJob:
         __tracebackhide__ = True
         handle = self.submit()
         with observe.watching(handle):
-            return wait_or_cancel(_ResultWith(handle, errors), timeout)
+            wait_or_cancel(handle, timeout)
+            return handle.result(errors=errors)
 
     run = compute
 
@@ -661,23 +662,6 @@ class MapFuture:
     def _ipython_display_(self) -> None:
         """Displayed in a notebook: the live progress widget, with a cancel button."""
         observe.show(self)
-
-
-class _ResultWith:
-    """``wait_or_cancel`` over a map handle, with an ``errors=`` policy."""
-
-    def __init__(self, handle: MapFuture, errors: str) -> None:
-        self.handle, self.errors, self.name = handle, errors, handle.name
-
-    def result(self, timeout: float | None = None) -> list[Any]:
-        __tracebackhide__ = True
-        return self.handle.result(timeout, errors=self.errors)
-
-    def done(self) -> bool:
-        return self.handle.done()
-
-    def cancel(self) -> bool:
-        return self.handle.cancel()
 
 
 def _call_logged(fn: Callable[[MapFuture], Any], handle: MapFuture) -> None:

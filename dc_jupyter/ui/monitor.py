@@ -80,10 +80,6 @@ class Monitor:
         with self._lock:
             return list(self._views)
 
-    def watched(self) -> int:
-        with self._lock:
-            return len(self._views)
-
     def _run(self) -> None:
         next_tick = time.monotonic()
         while True:

@@ -166,7 +166,7 @@ def task_resources(client: Any, wanted: Mapping[str, float]) -> dict[str, float]
     """
     resources = dict(wanted)
     if one_per_worker():
-        identity = getattr(client, "_scheduler_identity", None) or client.scheduler_info()
+        identity = connection.identity(client)
         if _slots_given.get(client) != identity.get("id"):
             client.register_plugin(plugins.OneTaskPerWorker(SLOT_RESOURCE))
             _slots_given[client] = identity.get("id")

@@ -51,8 +51,9 @@ def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any)
     seconds = _connect_timeout(timeout)
     where = target if isinstance(target, str) else _address_in_file(kwargs, target)
     try:
-        if isinstance(where, str) and where.startswith(("tcp://", "tls://")):
-            _probe(where, seconds)
+        probe_at = _probe_address(where)
+        if probe_at is not None:
+            _probe(probe_at, seconds)
         with warnings.catch_warnings():
             if config.get("check-versions", True):
                 # ensure_compatible() raises a clearer error for the same finding.
@@ -93,6 +94,20 @@ def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any)
             "unset DASK_SCHEDULER_ADDRESS to use the embedded local cluster."
         ) from exc
     return tune_for_interactive_use(client)
+
+
+def _probe_address(where: Any) -> str | None:
+    """``where`` as the tcp:// or tls:// address Dask will dial (``host:port`` has
+    Dask's default scheme), or None when it is not one (inproc, a cluster object)."""
+    if not isinstance(where, str):
+        return None
+    from distributed.comm.addressing import parse_address
+
+    try:
+        scheme, location = parse_address(where)
+    except ValueError:
+        return None  # Client() names what is wrong with it
+    return f"{scheme}://{location}" if scheme in ("tcp", "tls") else None
 
 
 class _SilentPeer(TimeoutError):
@@ -362,12 +377,21 @@ def _client_for_cluster(cluster: Any) -> Any:
         )
     with _lock:
         client = _by_address.get(address)
-        if not _usable(client):
-            from distributed import Client
+        if _usable(client):
+            return client
+    from distributed import Client
 
-            client = Client(cluster, set_as_default=False)
-            _by_address[address] = tune_for_interactive_use(client)
-        return client
+    # Outside the lock, as in client_for_address: close() and other calls never
+    # wait for a connect.
+    client = tune_for_interactive_use(Client(cluster, set_as_default=False))
+    with _lock:
+        other = _by_address.get(address)
+        if not _usable(other):
+            _by_address[address], other = client, None
+    if other is not None:
+        _close_quietly(client)
+        return other
+    return client
 
 
 def _embedded_client(n_workers: int | None) -> Any:
@@ -444,6 +468,15 @@ def ensure_compatible(client: Any) -> None:
         return
     check_versions(client)
     _checked.add(client)
+
+
+def identity(client: Any) -> dict[str, Any]:
+    """The scheduler's identity (id, services, workers) as Dask cached it: no round trip.
+
+    The one use of the private ``Client._scheduler_identity`` (guarded by
+    tests/test_units.py); ``client.scheduler_info()`` when it is missing.
+    """
+    return getattr(client, "_scheduler_identity", None) or client.scheduler_info()
 
 
 def scheduler_info(client: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from dc_jupyter.backends.dask import connection
 from dc_jupyter.remote import job as remote_job
 from dc_jupyter.remote import output as remote_output
 from dc_jupyter.remote import plugins
@@ -66,7 +67,7 @@ def installed_on(client: Any) -> ModuleType:
     module = local_module()
     # The identity Dask caches on connect; client.scheduler_info() would cost a
     # round trip to the scheduler on every task (~1 ms, measured).
-    identity = getattr(client, "_scheduler_identity", None) or client.scheduler_info()
+    identity = connection.identity(client)
     scheduler_id = identity.get("id")
     if _installed.get(client) != scheduler_id:
         with _lock:

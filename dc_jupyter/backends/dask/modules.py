@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dc_jupyter import config
-from dc_jupyter.backends.dask import localcode
+from dc_jupyter.backends.dask import connection, localcode
 from dc_jupyter.remote import modules as remote_modules
 from dc_jupyter.remote import plugins
 
@@ -53,7 +53,7 @@ _units: dict[str, localcode.LocalUnit] = {}
 
 
 def _state(client: Any) -> _ClusterState:
-    identity = getattr(client, "_scheduler_identity", None) or client.scheduler_info()
+    identity = connection.identity(client)
     state = _states.get(client)
     if state is None or state.scheduler_id != identity.get("id"):
         # A restarted scheduler at the same address has lost its plugins.

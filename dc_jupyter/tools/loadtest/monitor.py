@@ -132,7 +132,8 @@ def worker_lines(live: Live, states: dict[str, str]) -> list[str]:
         calls, busy = per_worker.get(worker, (0, 0.0))
         share = busy / (elapsed * live.slots_per_worker.get(worker, 1))
         state = states.get(worker, "")
-        lines.append(f"{worker}: {calls} calls, busy {min(share, 1.0):4.0%} {state}".rstrip())
+        now = f"; now {state}" if state else ""
+        lines.append(f"{worker}: {calls} calls, {min(share, 1.0):.0%} busy{now}")
     return lines
 
 

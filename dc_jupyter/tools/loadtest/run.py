@@ -21,13 +21,16 @@ spins instead. Not a benchmark of Dask itself (see ``benchmarks/``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dc_jupyter.backends.dask import connection
 from dc_jupyter.backends.dask.backend import DaskBackend, one_per_worker, threads_warning
 from dc_jupyter.core.function import JobOptions, compute_this
 from dc_jupyter.tools.loadtest.measure import MODES, make_work
@@ -58,10 +61,25 @@ def _worker_states(client: Any) -> Callable[[list[str]], dict[str, str]]:
 
 
 def _dashboard(client: Any) -> str:
-    services = (getattr(client, "_scheduler_identity", None) or {}).get("services", {})
-    if "dashboard" not in services:
-        return "none (the scheduler runs without a dashboard: install bokeh where it runs)"
-    return client.dashboard_link
+    """The dashboard link, if the scheduler serves one: Dask lists a "dashboard"
+    service even under ``--no-dashboard`` or without bokeh, where the page is a 404."""
+    if "dashboard" not in connection.identity(client).get("services", {}):
+        return _NO_DASHBOARD
+    link = client.dashboard_link
+    if not link.endswith("/status"):
+        return link  # a custom link template: trust it
+    # The plot index, not the page: opening /status would add Dask's
+    # task-stream plugin to a cluster the load test must leave as it found it.
+    try:
+        with urllib.request.urlopen(
+            link[: -len("status")] + "individual-plots.json", timeout=2
+        ) as r:
+            return link if json.load(r) else _NO_DASHBOARD
+    except (OSError, ValueError):
+        return _NO_DASHBOARD
+
+
+_NO_DASHBOARD = "none (the scheduler serves no dashboard: it needs bokeh, and no --no-dashboard)"
 
 
 def run_load_test(config: LoadTestConfig, monitor: Monitor | None = None) -> LoadTestResult:
