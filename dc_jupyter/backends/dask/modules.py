@@ -171,12 +171,16 @@ def _watch_joins(client: Any, state: _ClusterState) -> None:
 def _check_joined(client: Any, state: _ClusterState) -> None:
     """Ask workers that joined whether they have the modules checked so far; a
     module one lacks is no longer taken as there, so work needing it is refused."""
-    joined = set(state.joined)
-    state.joined.difference_update(joined)
+    joined = set()
+    while state.joined:  # the client's event loop adds to it meanwhile: pop, never iterate
+        try:
+            joined.add(state.joined.pop())
+        except KeyError:
+            break
     names = sorted(state.checked)
     if not joined or not names:
         return
-    present = set(client.scheduler_info(n_workers=-1).get("workers", {}))
+    present = set(connection.scheduler_info(client).get("workers", {}))
     workers = sorted(joined & present)  # one that left again cannot answer
     if not workers:
         return
