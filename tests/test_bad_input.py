@@ -114,6 +114,11 @@ def _map_bounded(a, iterable):
         return compute_this(address=a)(one).map(iterable)
 
 
+def _with_config(settings: dict, thunk):
+    with dask.config.set(settings):
+        return thunk()
+
+
 @functools.cache
 def _silent_port() -> int:
     """A port that accepts connections (the kernel's backlog) but never speaks."""
@@ -572,6 +577,15 @@ CASES = [
         lambda a: dc_jupyter.connect(f"127.0.0.1:{_silent_port()}", timeout=2),
         SchedulerUnreachableError,
         "did not answer as a Dask scheduler within 2 s",
+        10,
+    ),
+    (
+        "connect-plaintext-while-encryption-required",
+        lambda a: _with_config(
+            {"distributed.comm.require-encryption": True}, lambda: dc_jupyter.connect(a)
+        ),
+        SchedulerUnreachableError,
+        r"require encryption .* not a tls:// address",
         10,
     ),
     (

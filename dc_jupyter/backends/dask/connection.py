@@ -66,6 +66,15 @@ def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any)
             "service? Use the scheduler's own address (`dask scheduler` prints it; the "
             "default port is 8786, the dashboard's is 8787)."
         ) from exc
+    except RuntimeError as exc:
+        if "encryption required" not in str(exc):
+            raise
+        raise SchedulerUnreachableError(
+            f"This client is set to require encryption (dask config "
+            f"'distributed.comm.require-encryption'), and {where!r} is not a tls:// address. "
+            "Use the scheduler's tls:// address with its certificates, or unset that setting "
+            "for a plaintext cluster."
+        ) from exc
     except (OSError, TimeoutError, TypeError, ValueError) as exc:
         tls_problem = _tls_problem(where, exc)
         if isinstance(exc, ValueError) and tls_problem is not _NOT_TLS:
