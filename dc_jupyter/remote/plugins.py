@@ -191,3 +191,25 @@ class VersionGateOnWorker(WorkerPlugin):
         if self.resource not in state.total_resources:
             state.total_resources[self.resource] = GATE_AMOUNT
             state.available_resources[self.resource] = GATE_AMOUNT
+
+
+class ReportWorkerJoins(SchedulerPlugin):
+    """Logs an event on ``topic`` when a worker joins, so a notebook can check it.
+
+    dc_jupyter asks the workers once whether they can import the packages the
+    work needs (``backends.dask.modules``); a worker that joins later is asked
+    when the notebook hears of it here.
+    """
+
+    idempotent = True
+
+    def __init__(self, topic: str) -> None:
+        self.name = f"report-{topic}"
+        self.topic = topic
+        self.scheduler = None
+
+    async def start(self, scheduler) -> None:
+        self.scheduler = scheduler
+
+    def add_worker(self, scheduler=None, worker=None, **kwargs) -> None:
+        (scheduler or self.scheduler).log_event(self.topic, {"worker": worker})
