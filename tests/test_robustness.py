@@ -299,6 +299,32 @@ def slow(i=0):
     return i
 
 
+def test_first_contact_with_frozen_workers_is_an_error_not_a_hang(rcluster, rclient, steady):
+    """The version check and the worker-code install ask every worker: a frozen one
+    never answers, and the first call on such a cluster hung with no word."""
+    import dask
+    from distributed import Client
+
+    from dc_jupyter import SchedulerUnreachableError
+    from dc_jupyter.backends.dask.bounded import SILENT_AFTER
+
+    with Client(rcluster.address, set_as_default=False) as fresh:  # not set up by dc_jupyter yet
+        with frozen_workers(rcluster, rclient):
+            time.sleep(SILENT_AFTER + 1)  # long enough to be named as silent
+            started = time.monotonic()
+            with (
+                dask.config.set({"dc_jupyter.connect-timeout": "3s"}),
+                pytest.raises(
+                    SchedulerUnreachableError,
+                    match=r"did not finish .* within 3 s.*have not answered for a while: tcp://",
+                ),
+            ):
+                compute_this(client=fresh)(slow)().compute(timeout=2)
+            assert time.monotonic() - started < 3 + 3
+        # Thawed: the setup finishes in the background and work runs.
+        assert compute_this(client=fresh)(slow)(3).compute(timeout=60) == 3
+
+
 def test_timeout_returns_on_time_with_frozen_workers(rcluster, rclient, steady):
     job = compute_this(client=rclient)(slow)()
     with frozen_workers(rcluster, rclient):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dc_jupyter import config
-from dc_jupyter.backends.dask import connection, localcode
+from dc_jupyter.backends.dask import bounded, connection, localcode
 from dc_jupyter.remote import modules as remote_modules
 from dc_jupyter.remote import plugins
 
@@ -145,9 +145,11 @@ def _version(state: _ClusterState, unit: localcode.LocalUnit) -> _Version:
 def _ship(client: Any, state: _ClusterState, version: _Version) -> None:
     shipped = state.shipped.get(version.name)
     if version.modules is not None and (shipped is None or shipped.digest != version.digest):
-        client.register_plugin(
-            remote_modules.ShipModules(version.name, version.modules, version.digest)
-        )
+        plugin = remote_modules.ShipModules(version.name, version.modules, version.digest)
+        bounded.answered(
+            client, f"sending {version.name}", lambda: client.register_plugin(plugin),
+            key=("ship", version.name, version.digest),
+        )  # fmt: skip
     version.modules = None  # sent: keep only what identifies it
     state.shipped[version.name] = version
 
@@ -163,7 +165,10 @@ def _watch_joins(client: Any, state: _ClusterState) -> None:
         if isinstance(message, dict) and message.get("worker"):
             joined.add(str(message["worker"]))
 
-    client.register_plugin(plugins.ReportWorkerJoins(JOINS_TOPIC))
+    bounded.answered(
+        client, "watching for new workers",
+        lambda: client.register_plugin(plugins.ReportWorkerJoins(JOINS_TOPIC)),
+    )  # fmt: skip
     client.subscribe_topic(JOINS_TOPIC, on_join)
     state.watching = True
 
@@ -184,14 +189,21 @@ def _check_joined(client: Any, state: _ClusterState) -> None:
     workers = sorted(joined & present)  # one that left again cannot answer
     if not workers:
         return
-    lacking = client.run(remote_modules.missing, names, workers=workers, on_error="ignore")
+    lacking = bounded.answered(
+        client, "the module check of new workers",
+        lambda: client.run(remote_modules.missing, names, workers=workers, on_error="ignore"),
+        key=("check joined", tuple(names), tuple(workers)),
+    )  # fmt: skip
     for missing in lacking.values():
         state.ok.difference_update(missing)
         state.checked.difference_update(missing)
 
 
 def _check_workers(client: Any, names: list[str], what: str) -> None:
-    lacking = client.run(remote_modules.missing, names)  # {worker address: [names]}
+    lacking = bounded.answered(  # {worker address: [names]}
+        client, "the module check", lambda: client.run(remote_modules.missing, names),
+        key=("check", tuple(names)),
+    )  # fmt: skip
     by_module: dict[str, list[str]] = {}
     for worker, missing in sorted(lacking.items()):
         for name in missing:

@@ -22,6 +22,7 @@ import weakref
 from typing import Any
 
 from dc_jupyter import config
+from dc_jupyter.backends.dask import bounded
 from dc_jupyter.errors import MismatchedWorkerWarning, VersionMismatchError
 from dc_jupyter.remote import plugins
 
@@ -61,7 +62,8 @@ def find_mismatches(versions: dict[str, Any]) -> list[str]:
 
 def check_versions(client: Any) -> None:
     """Raise ``VersionMismatchError`` naming each package and both versions."""
-    problems = find_mismatches(client.get_versions(check=False))
+    asked = bounded.answered(client, "the version check", lambda: client.get_versions(check=False))
+    problems = find_mismatches(asked)
     if problems:
         raise VersionMismatchError(
             "The cluster at "
