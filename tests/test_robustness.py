@@ -313,7 +313,7 @@ def test_first_contact_with_frozen_workers_is_an_error_not_a_hang(rcluster, rcli
             time.sleep(SILENT_AFTER + 1)  # long enough to be named as silent
             started = time.monotonic()
             with (
-                dask.config.set({"dc_jupyter.connect-timeout": "3s"}),
+                dask.config.set({"dc_jupyter.setup-timeout": "3s"}),
                 pytest.raises(
                     SchedulerUnreachableError,
                     match=r"did not finish .* within 3 s.*have not answered for a while: tcp://",

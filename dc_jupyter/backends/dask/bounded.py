@@ -4,7 +4,7 @@ Checking versions and installing dc_jupyter's worker code ask every worker
 (Dask broadcasts them). A worker that is frozen (SIGSTOP, a C call holding the
 GIL) accepts the message and never answers, so the first call on such a
 cluster hung with no word. Here the call runs in a thread of its own; the
-caller waits at most the connect timeout, then gets an error that names the
+caller waits at most ``dc_jupyter.setup-timeout`` (30 s), then gets an error that names the
 silent workers. The call goes on in the background, and the next attempt
 waits for that same call instead of starting another.
 """
@@ -32,7 +32,7 @@ SILENT_AFTER = 5.0
 
 def answered(client: Any, what: str, call: Callable[[], T], key: Hashable = None) -> T:
     """``call()``, or ``SchedulerUnreachableError`` naming the silent workers when
-    it takes longer than ``dc_jupyter.connect-timeout``. Ctrl-C stops the wait.
+    it takes longer than ``dc_jupyter.setup-timeout``. Ctrl-C stops the wait.
 
     ``what`` says what the call does; calls with the same ``key`` (default
     ``what``) are one call while it is in flight.
@@ -43,7 +43,7 @@ def answered(client: Any, what: str, call: Callable[[], T], key: Hashable = None
         future = pending.get(key)
         if future is None or (future.done() and future.exception() is not None):
             future = pending[key] = _start(call, what)
-    seconds = config.seconds(config.get("connect-timeout", "10s"), "connect timeout") or 10.0
+    seconds = config.seconds(config.get("setup-timeout", "30s"), "setup-timeout") or 30.0
     try:
         return future.result(timeout=seconds)
     except concurrent.futures.TimeoutError:
@@ -51,7 +51,7 @@ def answered(client: Any, what: str, call: Callable[[], T], key: Hashable = None
             f"The cluster at {client.scheduler.address} did not finish {what} within "
             f"{seconds:g} s: every worker must answer it, and {_silent(client)}. Nothing was "
             "sent. Restart or remove the worker (it may be frozen or overloaded), or set "
-            "dc_jupyter.connect-timeout to wait longer; the call goes on in the background."
+            "dc_jupyter.setup-timeout to wait longer; the call goes on in the background."
         ) from None
     finally:
         with _lock:  # a finished call is not kept: the next call asks afresh
