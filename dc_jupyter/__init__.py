@@ -18,6 +18,8 @@ from dc_jupyter.core.many import compute, submit
 from dc_jupyter.core.map import MapFuture, MapJob, MapProgress
 from dc_jupyter.errors import (
     DcJupyterError,
+    FrozenWorkerError,
+    MismatchedWorkerWarning,
     SchedulerUnreachableError,
     SerializationError,
     VersionMismatchError,
@@ -33,12 +35,14 @@ __all__ = [
     "Backend",
     "CellFuture",
     "DcJupyterError",
+    "FrozenWorkerError",
     "Job",
     "JobFuture",
     "JobOptions",
     "MapFuture",
     "MapJob",
     "MapProgress",
+    "MismatchedWorkerWarning",
     "RemoteFunction",
     "SchedulerUnreachableError",
     "SerializationError",

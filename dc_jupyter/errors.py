@@ -10,6 +10,8 @@ from __future__ import annotations
 
 __all__ = [
     "DcJupyterError",
+    "FrozenWorkerError",
+    "MismatchedWorkerWarning",
     "SerializationError",
     "SchedulerUnreachableError",
     "VersionMismatchError",
@@ -35,3 +37,12 @@ class VersionMismatchError(DcJupyterError, RuntimeError):
 
 class WorkerCrashError(DcJupyterError, RuntimeError):
     """A task kept killing the workers it ran on."""
+
+
+class MismatchedWorkerWarning(UserWarning):
+    """A worker joined with other versions than the notebook's; it gets no work."""
+
+
+class FrozenWorkerError(DcJupyterError, TimeoutError):
+    """The worker running the work stopped answering for longer than
+    ``dc_jupyter.frozen-worker-timeout``; the work was cancelled."""

@@ -220,8 +220,11 @@ def test_decorated_calls_in_a_cell(shell):
         "computed = fact(5).compute()\nmapped = square.map([1, 2]).compute()\n"
         "method = K(3).times(4).compute()\n"
     )
-    local, remote, _ = both_ways(shell, "pass", cell, ["computed", "mapped", "method"])
+    local, remote, err = both_ways(shell, "pass", cell, ["computed", "mapped", "method"])
     assert local == remote == {"computed": 120, "mapped": [1, 4], "method": 12}
+    # Calling them (sending work from the worker) does not change them in place.
+    assert "changed in place" not in err, err
+    assert type(shell.user_ns["square"]).__name__ == "RemoteFunction"
 
 
 def test_in_place_changes_come_back_with_a_note(shell):
@@ -247,6 +250,18 @@ def test_in_place_changes_are_not_brought_back_by_pull_or_a_failed_cell(shell):
     _, _, err, error = run(shell, "%%distribute\nresults.append(3)\nraise ValueError('no')\n")
     assert isinstance(error, ValueError)
     assert shell.user_ns["results"] == [1]
+
+
+def test_the_in_place_check_can_be_switched_off(shell):
+    import dask
+
+    run(shell, "results = [1]")
+    with dask.config.set({"dc_jupyter.check-in-place": False}):
+        _, _, err, error = run(shell, "%%distribute\nresults.append(2)\nn = len(results)\n")
+    assert error is None, err
+    # The cell saw its change; the notebook keeps its own value, and no note claims otherwise.
+    assert shell.user_ns["n"] == 2 and shell.user_ns["results"] == [1]
+    assert "changed in place" not in err
 
 
 # -- a real kernel ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import HERE, connected_shell, ipython_shell, process_cluster
+from conftest import HERE, connected_shell, ipython_shell, process_cluster, wait_until
 from IPython.utils.capture import capture_output
 from nbclient import NotebookClient
 
@@ -276,6 +276,47 @@ def test_a_function_whose_argument_needs_a_missing_package(shell, notebook_dir):
     assert ok(shell, "keys({'b': 2, 'a': 1}).compute()") == ["a", "b"]
 
 
+def test_a_worker_that_joins_later_gets_the_modules_and_is_checked(
+    notebook_dir, tmp_path, monkeypatch
+):
+    """A worker started after the first job: the plugin gives it the notebook's
+    modules, and the packages checked so far are checked again on it."""
+    from conftest import BLOCK_PRELOAD as NO_DC_JUPYTER
+    from distributed import Client
+
+    monkeypatch.chdir(notebook_dir)
+    monkeypatch.syspath_prepend(str(notebook_dir))
+    _forget_local_modules()
+    write(notebook_dir / "mylib.py", MYLIB_V1)
+    no_nbformat = tmp_path / "no_nbformat.py"
+    no_nbformat.write_text("import sys\nsys.modules['nbformat'] = None\n")
+    with process_cluster(tmp_path, n_workers=1, preload=NO_DC_JUPYTER) as cluster:
+        shell = connected_shell(ipython_shell(), cluster.address)
+        # The only worker has nbformat; mylib travels.
+        cell = "%%distribute\nimport nbformat, mylib\nloud = mylib.shout('a')\nloud"
+        assert ok(shell, cell) == "A!"
+        cluster.add_worker("--preload", str(no_nbformat), name="late")
+        cluster.wait_for_workers(2)
+        with Client(cluster.address, timeout="30s", set_as_default=False) as client:
+            late = next(
+                a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "late"
+            )
+            # The notebook's module is there without any new work being sent...
+            got = client.run(lambda: __import__("mylib").shout("b"), workers=[late])
+            assert got == {late: "B!"}
+
+            # ...and the next cell that needs nbformat is refused, naming the new worker.
+            def refused():
+                result, _, _ = run(shell, cell.replace("loud = ", "again = "))
+                return result.error_in_exec
+
+            error = wait_until(lambda: refused(), timeout=30)
+        assert isinstance(error, ModuleNotFoundError) and error.name == "nbformat"
+        assert f"on 1 of 2 workers ({late})" in str(error) and "Nothing was sent" in str(error)
+        assert ok(shell, "%%distribute\nimport mylib\nmylib.shout('c')") == "C!"
+    _forget_local_modules()
+
+
 def test_lru_cache_helpers_arrive_by_value(shell):
     ok(
         shell,
@@ -287,6 +328,68 @@ def test_lru_cache_helpers_arrive_by_value(shell):
     assert ok(shell, "use.map([1, 2]).compute()") == [2, 12]
     assert ok(shell, "%%distribute\nv = slow_square(4) + cube(2)\nv") == 24
     assert ok(shell, "slow_square.cache_info().currsize") >= 1  # the notebook's cache is kept
+
+
+DISPATCH = """
+import functools
+@functools.singledispatch
+def describe(x):
+    return "thing"
+@describe.register
+def _(x: int):
+    return f"int {x}"
+@describe.register(list)
+def _each(x):
+    return [describe(v) for v in x]     # calls the dispatcher again
+"""
+
+
+def test_cached_helpers_defined_in_a_cell_come_back(shell):
+    cell = (
+        "import functools\n@functools.lru_cache(maxsize=16)\ndef sq(x):\n    return x * x\n"
+        "@functools.cache\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+        "v = sq(3) + fib(20)\n"
+    )
+    ok(shell, cell)
+    local = shell.user_ns["v"]
+    ok(shell, "del sq, fib, v")
+    ok(shell, "%%distribute\n" + cell)
+    assert shell.user_ns["v"] == local == 6774
+    # Back in the notebook: cached wrappers again, working here and sent again.
+    assert ok(shell, "sq.cache_parameters()['maxsize'], fib(10), hasattr(fib, 'cache_info')") == (
+        16,
+        55,
+        True,
+    )
+    ok(shell, "@compute_this\ndef both(x):\n    return sq(x) + fib(x)")
+    assert ok(shell, "both(10).compute()") == 155 == ok(shell, "both.local(10)")
+
+
+def test_singledispatch_helpers_in_functions_and_cells(shell):
+    ok(shell, DISPATCH + "@compute_this\ndef use(x):\n    return describe(x)")
+    values = "[1, 'a', [2, [3, 'b']]]"
+    local = ok(shell, f"[use.local(v) for v in {values}]")
+    assert local == ["int 1", "thing", ["int 2", ["int 3", "thing"]]]
+    assert ok(shell, f"use.map({values}).compute()") == local
+    assert ok(shell, f"%%distribute\nw = [describe(v) for v in {values}]\nw") == local
+    # Defined in a cell: it comes back as a dispatcher with its registry.
+    ok(shell, "del describe")
+    ok(shell, "%%distribute\n" + DISPATCH)
+    assert ok(shell, "describe([1, 'x']), sorted(c.__name__ for c in describe.registry)") == (
+        ["int 1", "thing"],
+        ["int", "list", "object"],
+    )
+    assert ok(shell, "use(7).compute()") == "int 7"
+
+
+def test_a_cached_helper_in_work_sent_from_inside_a_job(shell):
+    ok(
+        shell,
+        "import functools\n@functools.lru_cache\ndef sq(x):\n    return x * x\n"
+        "@compute_this\ndef g(x):\n    return sq(x) + 1\n"
+        "@compute_this\ndef spread(n):\n    return g.map(range(n)).compute()",
+    )
+    assert ok(shell, "spread(4).compute()") == [1, 2, 5, 10]
 
 
 def test_lru_cache_and_cached_property_in_a_notebook_class(shell):
@@ -336,6 +439,11 @@ def test_in_a_real_kernel(far_cluster, tmp_path):
         "import functools\n@functools.lru_cache\ndef slow_square(x):\n    return x * x\n"
         "@compute_this\ndef use(x):\n    return slow_square(x) + 1\nuse(3).compute()",
         "%%distribute\nw = slow_square(4)\nw",
+        DISPATCH + "@compute_this\ndef use(x):\n    return describe(x)\n"
+        "(use([1, 'a']).compute(), use.local([1, 'a']))",
+        "%%distribute\nimport functools\n@functools.cache\ndef cube(x):\n    return x ** 3\n"
+        "c = cube(2)",
+        "(cube(3), use.map([2]).compute())",
         # an edit in the editor, between two cells
         f"import os, pathlib\np = pathlib.Path('mylib.py')\np.write_text({v2!r})\n"
         "t = p.stat().st_mtime_ns + 2_000_000_000\nos.utime(p, ns=(t, t))",
@@ -370,5 +478,7 @@ def test_in_a_real_kernel(far_cluster, tmp_path):
     assert result(3) == "['A!', 'B!']"
     assert result(4) == "10"
     assert result(5) == "16"
-    assert result(7) == "(2, 2)"
-    assert result(8) == "'A!!'"
+    assert result(6) == "(['int 1', 'thing'], ['int 1', 'thing'])"
+    assert result(8) == "(27, ['int 2'])"
+    assert result(10) == "(2, 2)"
+    assert result(11) == "'A!!'"

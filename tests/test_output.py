@@ -26,10 +26,39 @@ def noisy(x):
     display(HTML(f'<b>bold {x}</b>'))
     print('bye', x)
     return x + 1
+
+@compute_this()
+def spread(n):
+    print('spread start')
+    values = noisy.map(range(n)).compute()   # sent from the worker
+    print('spread end')
+    return values
+
+@compute_this(retries=2)
+def flaky(path):
+    import os
+    tries = os.path.getsize(path) if os.path.exists(path) else 0
+    with open(path, 'a') as fh:
+        fh.write('x')
+    print('try', tries)
+    if tries < 2:
+        raise ValueError(tries)
+    return tries
+
+@compute_this()
+def later(seconds):
+    import time
+    print('early line')
+    time.sleep(seconds)
+    print('late line')
+    return seconds
 """
 
 
 ASYNC = range(20)
+BUSY = 5 + len(ASYNC)  # the cell that waits for the --async ones
+NESTED = BUSY + 1
+LATE = NESTED + 1
 
 
 def run_notebook(cells: list[str], cluster) -> nbformat.NotebookNode:
@@ -78,6 +107,11 @@ def notebook(cluster):
         ],
         f"for h in [{', '.join(f'h{k}' for k in ASYNC)}]:\n    h.result(timeout=120)\n"
         "print('busy cell')",
+        # NESTED: work sent from inside a job prints into the job's cell
+        "spread(2).compute()",
+        # LATE: a handle still running when its cell ends; the next cell waits for it
+        "import time\nlate = later(2).submit()\ntime.sleep(0.5)",
+        "late.result()\nprint('next cell')",
     ]
     return run_notebook(cells, cluster)
 
@@ -124,13 +158,41 @@ def test_submitted_handle_output_in_its_cell(notebook):
     assert shown[0] == "stdout:hello 7\n" and shown[-1] == "execute_result"
 
 
+def test_late_output_of_a_submitted_handle_goes_to_the_cell_that_submitted_it(notebook):
+    # As ipyparallel shows a late result's output with the cell that sent it: what
+    # it printed while its cell ran is a stream there; what came after its cell
+    # ended is in a display that cell kept for it.
+    cell, after = notebook.cells[LATE], notebook.cells[LATE + 1]
+    streams = "".join(o["text"] for o in cell.outputs if o["output_type"] == "stream")
+    displays = "".join(
+        o["data"].get("text/plain", "") for o in cell.outputs if o["output_type"] == "display_data"
+    )
+    assert "early line" in streams and "late line" not in streams, cell.outputs
+    assert "late line" in displays, cell.outputs
+    assert kinds(after) == ["stdout:next cell\n"]
+
+
 def test_async_cells_write_into_their_own_cell(notebook):
     # Each prints while the last cell runs; each line lands in its own cell.
     for k in ASYNC:
         cell = notebook.cells[5 + k]
         texts = [o["data"]["text/plain"] for o in cell.outputs if "data" in o]
         assert [t for t in texts if "async" in t] == [f"async {k}\n"], cell.outputs
-    assert kinds(notebook.cells[-1]) == ["stdout:busy cell\n"]
+    assert kinds(notebook.cells[BUSY]) == ["stdout:busy cell\n"]
+
+
+def test_output_of_work_sent_from_inside_a_job_in_its_cell(notebook):
+    cell = notebook.cells[NESTED]
+    shown = [s for s in kinds(cell) if not s.startswith("stderr")]
+    stdout = "".join(s.partition(":")[2] for s in shown if s.startswith("stdout"))
+    assert stdout.startswith("spread start\n") and stdout.endswith("spread end\n"), shown
+    for i in range(2):
+        assert f"hello {i}\n" in stdout and f"bye {i}\n" in stdout  # not marked: a job's
+    assert shown.count("display:text/html,text/plain") == 2 and shown[-1] == "execute_result"
+    stderr = "".join(s for s in kinds(cell) if s.startswith("stderr"))
+    assert stderr.count("WARNING:mine:logged") == 2
+    # ...and nowhere else.
+    assert not any("spread" in s for c in notebook.cells[:NESTED] for s in kinds(c))
 
 
 # -- terminal IPython ------------------------------------------------------------------
@@ -187,6 +249,34 @@ def test_output_of_jobs_computed_together(shell):
     assert shell.user_ns["values"] == (2, 3)
     assert sorted(cap.stdout.splitlines()) == ["bye 1", "bye 2", "hello 1", "hello 2"]
     assert len(cap.outputs) == 2
+
+
+def test_retried_work_marks_the_lines_of_each_attempt(shell, tmp_path):
+    # Dask's retries= for a job, the map's own per-item retries for a map.
+    with capture_output() as cap:
+        result = shell.run_cell(
+            f"tried = flaky({str(tmp_path / 'job')!r}).compute()\n"
+            f"mapped = flaky.map([{str(tmp_path / 'item')!r}]).compute()"
+        )
+    assert result.error_in_exec is None
+    assert shell.user_ns["tried"] == 2 and shell.user_ns["mapped"] == [2]
+    assert cap.stdout.splitlines() == [
+        "try 0",
+        "[attempt 2] try 1",
+        "[attempt 3] try 2",
+        "[item 0] try 0",
+        "[item 0] [attempt 2] try 1",
+        "[item 0] [attempt 3] try 2",
+    ]
+    # A cell rerun by --retries.
+    with capture_output() as cap:
+        result = shell.run_cell(
+            f"%%distribute --retries 1\nimport os\npath = {str(tmp_path / 'cell')!r}\n"
+            "n = os.path.getsize(path) if os.path.exists(path) else 0\n"
+            "open(path, 'a').write('x')\nprint('cell try', n)\nif n < 1:\n    raise ValueError(n)"
+        )
+    assert result.error_in_exec is None
+    assert cap.stdout.splitlines() == ["cell try 0", "[attempt 2] cell try 1"]
 
 
 def test_in_process_sweeps_and_maps_mark_their_lines(shell):

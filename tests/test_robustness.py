@@ -299,6 +299,32 @@ def slow(i=0):
     return i
 
 
+def test_first_contact_with_frozen_workers_is_an_error_not_a_hang(rcluster, rclient, steady):
+    """The version check and the worker-code install ask every worker: a frozen one
+    never answers, and the first call on such a cluster hung with no word."""
+    import dask
+    from distributed import Client
+
+    from dc_jupyter import SchedulerUnreachableError
+    from dc_jupyter.backends.dask.bounded import SILENT_AFTER
+
+    with Client(rcluster.address, set_as_default=False) as fresh:  # not set up by dc_jupyter yet
+        with frozen_workers(rcluster, rclient):
+            time.sleep(SILENT_AFTER + 1)  # long enough to be named as silent
+            started = time.monotonic()
+            with (
+                dask.config.set({"dc_jupyter.setup-timeout": "3s"}),
+                pytest.raises(
+                    SchedulerUnreachableError,
+                    match=r"did not finish .* within 3 s.*have not answered for a while: tcp://",
+                ),
+            ):
+                compute_this(client=fresh)(slow)().compute(timeout=2)
+            assert time.monotonic() - started < 3 + 3
+        # Thawed: the setup finishes in the background and work runs.
+        assert compute_this(client=fresh)(slow)(3).compute(timeout=60) == 3
+
+
 def test_timeout_returns_on_time_with_frozen_workers(rcluster, rclient, steady):
     job = compute_this(client=rclient)(slow)()
     with frozen_workers(rcluster, rclient):
@@ -334,6 +360,63 @@ def test_ctrl_c_returns_at_once_with_frozen_workers(rcluster, rclient, steady):
         timer.cancel()
         signal.signal(signal.SIGINT, old)
     assert took < 1.5, f"Ctrl-C returned after {took:.1f} s"
+
+
+def test_frozen_workers_are_named_and_the_wait_is_bounded_by_the_setting(
+    rcluster, rclient, steady, shell
+):
+    """A worker that stops answering (SIGSTOP) is named in the job widget and the
+    map's text bar; with dc_jupyter.frozen-worker-timeout a .compute() and a
+    %%distribute cell raise FrozenWorkerError after that long, and cancel."""
+    import io
+
+    import dask
+
+    from dc_jupyter import FrozenWorkerError
+    from dc_jupyter.ui.textbar import TextBar
+    from dc_jupyter.ui.widgets import JobView
+
+    func = compute_this(client=rclient)(slow)
+    addresses = list(rclient.scheduler_info(n_workers=-1)["workers"])
+    with frozen_workers(rcluster, rclient):
+        shown = func().submit()
+        view = JobView(shown)  # the real widget model; no front end needed to read it
+        mapped = func.map(range(4)).submit()
+        bar = TextBar(mapped, file=io.StringIO())
+        try:
+            assert wait_until(lambda: view.refresh() or "has not answered" in view.html.value, 30)
+            assert wait_until(
+                lambda: bar.refresh() or "has not answered" in bar.bar.fp.getvalue(), 30
+            )
+            text = view.text(view.state)
+            assert "has not answered for" in text and "(frozen or overloaded?)" in text
+            assert any(a in text for a in addresses), text
+            assert not shown.done()  # without the setting, the wait is not bounded
+
+            with dask.config.set({"dc_jupyter.frozen-worker-timeout": 3}):
+                start = time.monotonic()
+                with pytest.raises(FrozenWorkerError, match="has not answered for") as info:
+                    func(1).compute()
+                assert time.monotonic() - start < 15
+                assert isinstance(info.value, TimeoutError)
+                assert "frozen-worker-timeout (3 s)" in str(info.value)
+                with pytest.raises(FrozenWorkerError):
+                    func.map(range(2)).compute()
+                result = shell.run_cell("%%distribute\nx = 1")
+                assert isinstance(result.error_in_exec, FrozenWorkerError), result.error_in_exec
+                assert "x" not in shell.user_ns
+        finally:
+            shown.cancel()
+            mapped.cancel()
+            bar.close()
+
+
+def test_a_bad_frozen_worker_timeout_is_named():
+    import dask
+
+    with dask.config.set({"dc_jupyter.frozen-worker-timeout": "soon"}):
+        with pytest.raises(ValueError, match="frozen-worker-timeout .*'soon'"):
+            compute_this(backend="local")(slow)(1).compute()
 
 
 # -- a lost scheduler -------------------------------------------------------------------
@@ -415,3 +498,46 @@ def test_computed_results_are_not_pinned_by_the_widgets(rcluster, rclient, stead
         assert wait_until(lambda: scheduler_task_count(rclient) == 0, timeout=15), (
             rclient.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
         )
+
+
+def held_results(client) -> list[str]:
+    """The keys whose results the cluster still keeps in memory."""
+    return client.run_on_scheduler(
+        lambda dask_scheduler: [str(k) for k, ts in dask_scheduler.tasks.items() if ts.who_has]
+    )
+
+
+def test_async_cells_whose_handles_were_deleted_leave_no_results(
+    rcluster, rclient, steady, tmp_path
+):
+    """In a real kernel (each cell's widget shown): 20 `--async` cells kept with -o,
+    waited for, then deleted and collected, leave no result on the cluster."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    n = 20
+    names = ", ".join(f"h{k}" for k in range(n))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(f"%load_ext dc_jupyter\n%distribute connect {rcluster.address}"),
+        *[
+            nbformat.v4.new_code_cell(
+                f"%%distribute --async -o h{k}\nv{k} = bytes(1_000_000 + {k})\nlen(v{k})"
+            )
+            for k in range(n)
+        ],
+        nbformat.v4.new_code_cell(f"for h in [{names}]:\n    h.result(timeout=120)\nlen(v{n - 1})"),
+        nbformat.v4.new_code_cell(f"del h, {names}\nimport gc; gc.collect(); 'collected'"),
+    ]
+    env = {**os.environ}
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    client = NotebookClient(nb, timeout=180, kernel_name="python3", store_widget_state=True)
+    with client.setup_kernel(env=env, cwd=str(tmp_path)):
+        for index, cell in enumerate(nb.cells[:-1]):
+            client.execute_cell(cell, index)
+        assert f"{1_000_000 + n - 1}" in str(nb.cells[-2].outputs)
+        assert held_results(rclient), "the handles should still hold their results here"
+        client.execute_cell(nb.cells[-1], len(nb.cells) - 1)
+        assert "collected" in str(nb.cells[-1].outputs)
+        # Checked while the kernel, and the widgets in it, are still alive.
+        assert wait_until(lambda: not held_results(rclient), timeout=15), held_results(rclient)

@@ -280,3 +280,12 @@ def test_the_private_dask_hooks_we_rely_on_still_exist():
     assert {"wait", "on_error"} <= set(run)
     assert "self._scheduler_identity = " in inspect.getsource(Client)  # backends.dask.install
     assert BatchedSend(interval="10ms").interval == 0.01  # backends.dask.connection
+
+    # remote.plugins.VersionGate / VersionGateOnWorker give a worker the gate's
+    # resource by hand: if these fields go, every dc_jupyter task would wait forever.
+    from distributed.scheduler import SchedulerState, WorkerState
+    from distributed.worker_state_machine import WorkerState as WorkerSideState
+
+    assert {"resources", "used_resources", "versions"} <= set(WorkerState.__annotations__)
+    assert "resources" in SchedulerState.__annotations__
+    assert {"total_resources", "available_resources"} <= set(WorkerSideState.__annotations__)

@@ -100,12 +100,14 @@ class CellFuture(JobFuture):
         if client is None or getattr(self._inner, "status", None) != "finished":
             return None
         from dc_jupyter.backends.dask import install
+        from dc_jupyter.backends.dask.backend import task_resources
 
         split = client.submit(
             install.installed_on(client).split_outcome,
             self._inner,
             key=f"{self.key}-split",
             pure=False,
+            resources=task_resources(client, {}),
         )
         try:
             parts = pickling.loads_result(split.result(timeout=60))

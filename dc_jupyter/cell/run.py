@@ -20,6 +20,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
+from dc_jupyter import config
 from dc_jupyter.cell.analysis import CellAnalysis, analyze_cell
 from dc_jupyter.cell.futures import CellFuture, SweepFuture
 from dc_jupyter.core import output as live_output
@@ -78,7 +79,7 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
     # a display of its own, since its cell has ended when it arrives.
     own_display = live_output.output_display() if options.run_async else None
     if options.map_name is None:
-        job = remote(*args)
+        job = remote(*args, check_in_place=plan.check_in_place)
         job.key = cell_id
         job.modules.update(plan.modules)
         inner = job.submit()
@@ -156,6 +157,8 @@ class _Plan:
     elements: list = field(default_factory=list)
     #: Top-level modules the cell imports or its values refer to.
     modules: set[str] = field(default_factory=set)
+    #: Look for captured values changed in place (not with --pull: they would not come back).
+    check_in_place: bool = True
 
     def worker_args(self, cell_id: str) -> tuple:
         return (
@@ -228,6 +231,7 @@ def _plan(shell: Any, cell: str, options: CellOptions, header: str) -> _Plan:
         options=options,
         elements=elements,
         modules=modules,
+        check_in_place=options.pull is None and bool(config.get("check-in-place", True)),
     )
 
 

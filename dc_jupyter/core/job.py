@@ -9,11 +9,12 @@ cluster; its result never passes through the notebook.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from dc_jupyter.config import seconds
-from dc_jupyter.core import observe, pickling
+from dc_jupyter.core import frozen, observe, pickling
 from dc_jupyter.core.signature import labelled_arguments
 from dc_jupyter.core.submit import submit_job
 from dc_jupyter.errors import SerializationError
@@ -206,14 +207,27 @@ def wait_or_cancel(
     On ``timeout`` (seconds) the remote work is cancelled and ``TimeoutError``
     names ``name`` (default ``handle.name``) and how to raise it (``hint``). On
     Ctrl-C the remote work is cancelled and the ``KeyboardInterrupt`` goes on.
+    With ``dc_jupyter.frozen-worker-timeout`` set, the wait also looks every
+    second whether a worker running the work stopped answering for that long
+    (``frozen.stop_if_frozen``: cancelled, ``FrozenWorkerError``).
     """
     __tracebackhide__ = True
     finished = threading.Event()
     # Woken by the handle itself, not by polling: no latency added to short calls.
     handle.add_done_callback(lambda _: finished.set())
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        done = finished.wait(timeout)
-    except BaseException:  # KeyboardInterrupt: stop the remote work too
+        bound = frozen.limit()  # a bad setting: the error, and the work is cancelled
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            step = (
+                left if bound is None else frozen.POLL if left is None else min(frozen.POLL, left)
+            )
+            done = finished.wait(step)
+            if done or (deadline is not None and time.monotonic() >= deadline):
+                break
+            frozen.stop_if_frozen(handle, bound)
+    except BaseException:  # KeyboardInterrupt (or a frozen worker): stop the remote work too
         handle.cancel()
         raise
     if not done and not handle.done():

@@ -567,6 +567,11 @@ class MapFuture:
         """The Dask client the map runs on; None for in-process and executor backends."""
         return getattr(self._channel, "client", None)
 
+    @property
+    def key_prefix(self) -> str:
+        """What the keys of this map's tasks start with (``square-map-<token>-``)."""
+        return f"{self.name}-map-{self._token}-"
+
     def done(self) -> bool:
         return self._finished.is_set()
 

@@ -9,7 +9,9 @@ listener, and one writer thread writes them out, in order:
   parent is the cell that started the work (ipykernel's thread parent), so
   they land in that cell even when another cell runs by then;
 - ``--async`` cells (``keep_in=...``) write into a display of their own cell
-  that is updated as output arrives, since their cell has ended;
+  that is updated as output arrives, since their cell has ended; so does work
+  still running when the cell that started it ends (a ``.submit()`` handle):
+  what it prints later goes into a display left in that cell as it ended;
 - in terminal IPython and scripts, on stdout/stderr (rich output as text).
 
 A map's lines start with their item (``[item 3] ``, or a sweep's ``[p=2] ``),
@@ -55,6 +57,8 @@ def open_output(
     if client is None:
         return None  # in-process backends print straight into the cell
     listener = Listener(ident, locate, prefix, max_lines, keep_in)
+    listener.client = weakref.ref(client)
+    _hook_late_output(listener.target.shell)
     with _lock:
         _listeners[ident] = listener
         subscribe = client not in _subscribed
@@ -105,10 +109,12 @@ class Listener:
         self._line_start: dict[tuple[int, str], bool] = {}
         self._received = 0
         self._seen: set[tuple] = set()  # (run id, attempt, sequence number) of each message
+        self._attempts: dict[Any, list[str]] = {}  # run id -> its attempts, first seen first
         self._state = threading.Condition()
         self._written = 0
         self._closed = threading.Event()
         self._closing = False
+        self.client: Callable[[], Any] = lambda: None  # a weak reference, set when opened
 
     # -- receiving (the client's event loop) -------------------------------
     def receive(self, message: dict, batch: int | None) -> None:
@@ -125,7 +131,18 @@ class Listener:
                 return
             self._seen.add(token)
             self._received += 1
-        _enqueue(self, {**message, "part": part})
+            number = self._attempt_number(message)
+        _enqueue(self, {**message, "part": part, "attempt_number": number})
+
+    def _attempt_number(self, message: dict) -> int:
+        """1 for a run's first attempt; a retry (Dask's ``retries=``, a rerun after a
+        worker died, a map item's retry) counts up. Work the run sent from its
+        worker (``run/its own`` attempts) counts as the run."""
+        run = str(message.get("attempt", "")).partition("/")[0]
+        attempts = self._attempts.setdefault(message.get("id"), [])
+        if run not in attempts:
+            attempts.append(run)
+        return attempts.index(run) + 1 + int(message.get("retry", 0))
 
     def finish(self) -> None:
         """The work is done: write what came, then the notes, then stop listening."""
@@ -138,6 +155,17 @@ class Listener:
             self._close()
         else:
             _enqueue(self, None)
+
+    def running(self) -> bool:
+        """Whether its work may still print: not finished (a map's, a cell's or a
+        handle's listener is finished once its result is taken)."""
+        if self._closing:
+            return False
+        client = self.client()
+        state = getattr(client, "futures", {}).get(self.ident) if client is not None else None
+        if state is None:  # a map, by its key prefix: finished by the map when done
+            return client is not None
+        return getattr(state, "status", None) not in ("finished", "error", "cancelled", "lost")
 
     def wait_written(self, timeout: float = WRITE_TIMEOUT) -> None:
         """Block until everything received so far is written (after ``finish``: all)."""
@@ -187,7 +215,10 @@ class Listener:
         text = message["text"]
         part = message.get("part", 0)
         prefix = self.prefix(part) if self.prefix is not None else ""
-        key = (part, message.get("stream", "stdout"))
+        number = message.get("attempt_number", 1)
+        if number > 1:  # a retry prints again: say which attempt a line is from
+            prefix += f"[attempt {number}] "
+        key = (part, message.get("stream", "stdout"), number)
         at_start = self._line_start.get(key, True)
         out = []
         for line in text.splitlines(keepends=True):
@@ -320,6 +351,40 @@ class _Target:
 
     def _update(self) -> None:
         self.handle.update(_bundle(list(self.parts)), raw=True)
+
+
+def _hook_late_output(shell: Any) -> None:
+    with _lock:
+        if getattr(shell, "kernel", None) is None or shell in _hooked_late:
+            return
+        _hooked_late.add(shell)
+    shell.events.register("post_run_cell", _keep_late_output)
+
+
+_hooked_late: weakref.WeakSet = weakref.WeakSet()
+
+
+def _keep_late_output(*_args: Any) -> None:
+    """``post_run_cell``: work this cell started that still runs (a ``.submit()``
+    handle nobody waited for) gets a display in the cell now, while it still
+    runs, and writes what it prints from now on into it, as ``--async`` cells
+    do. Sent later as plain output, with a cell that has ended as parent, it
+    would be dropped by front ends (JupyterLab, nbclient) or shown elsewhere."""
+    shell = _shell()
+    now = _msg_id(getattr(shell, "parent_header", None))
+    if now is None:
+        return
+    with _lock:
+        listeners = list(_listeners.values())
+    for listener in listeners:
+        target = listener.target
+        if target.handle is None and _msg_id(target.parent) == now and listener.running():
+            target.handle = output_display()
+
+
+def _msg_id(parent: Any) -> Any:
+    header = parent.get("header") if isinstance(parent, dict) else None
+    return header.get("msg_id") if isinstance(header, dict) else None
 
 
 #: Strong references: nothing else may hold an --async cell's target by then.

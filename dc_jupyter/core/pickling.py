@@ -8,9 +8,7 @@ and nothing has been sent.
 
 from __future__ import annotations
 
-import functools
 import io
-from collections import ChainMap
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,36 +26,9 @@ cloudpickle.register_pickle_by_value(plugins)
 cloudpickle.register_pickle_by_value(remote_modules)
 
 
-def _reduce_lru_cache(wrapper: Any) -> Any:
-    # functools.lru_cache / cache pickle by name ("slow_square"), which a
-    # notebook's worker cannot look up (its __main__ is not the notebook's):
-    # a wrapper of a function that travels by value is rebuilt around it there.
-    wrapped = getattr(wrapper, "__wrapped__", None)
-    if wrapped is None or not references.by_value(wrapper):
-        return wrapper.__reduce__()
-    params = wrapper.cache_parameters()
-    return remote_modules.cached, (wrapped, params["maxsize"], params["typed"])
-
-
-def _reduce_cached_property(prop: functools.cached_property) -> Any:
-    # Before Python 3.12 it holds an RLock, so a notebook class using it could not
-    # be sent at all; the function and the attribute name are all it needs.
-    return remote_modules.cached_property, (prop.func, prop.attrname)
-
-
-def _pickler_class() -> type:
-    base = remote_job.pickler_class()  # ``remote.job`` holds the one hook on cloudpickle
-    ours = {
-        functools._lru_cache_wrapper: _reduce_lru_cache,
-        functools.cached_property: _reduce_cached_property,
-    }
-    # One ChainMap level: each lookup of a level costs a Python call per object.
-    table = ChainMap(ours, *base.dispatch_table.maps)
-    return type("NotebookPickler", (base,), {"dispatch_table": table})
-
-
-#: Built once here.
-_Pickler = _pickler_class()
+#: Built once here. ``remote.job`` holds the one hook on cloudpickle, and the
+#: reducers of wrappers (``lru_cache``, ``singledispatch``) the workers use too.
+_Pickler = remote_job.pickler_class()
 
 
 def dumps(value: Any, modules: set[str] | None = None) -> bytes:

@@ -37,13 +37,15 @@ def run_cell(
     part: int = 0,
     sweep_name: str | None = None,
     sweep_value=None,
+    check_in_place: bool = True,
 ) -> bytes:
     """Run ``source`` in a namespace made of the captured values.
 
     Returns a pickled dict: ``values`` (the ``names`` the cell left bound; every
     name if ``send_all``), ``deleted`` (of ``deleted``, those now unbound),
     ``result`` (the last expression's value when ``has_result``) and ``changed``
-    (captured values the cell changed in place; their values are in ``values``).
+    (captured values the cell changed in place; their values are in ``values``;
+    never looked for without ``check_in_place``).
     """
     namespace = cloudpickle.loads(namespace_blob)
     namespace["__name__"] = "__main__"  # so cloudpickle sends cell functions by value
@@ -55,7 +57,7 @@ def run_cell(
         namespace["get_ipython"] = lambda: shell
     tree = ast.parse(source, filename)
     last = tree.body.pop() if has_result and tree.body else None
-    watched = _snapshot(namespace, names) if sweep_name is None else {}
+    watched = _snapshot(namespace, names) if check_in_place and sweep_name is None else {}
     # Output is forwarded by the task around this (``remote.output``, from
     # ``run_job`` / ``run_batch``), and ``display`` is a builtin there.
     with inside_job():
@@ -142,6 +144,10 @@ def _snapshot(namespace: dict, assigned) -> dict:
     skip = set(assigned)
     for name, value in namespace.items():
         if name.startswith("__") or name in skip or isinstance(value, _NOT_WATCHED + code):
+            continue
+        if hasattr(value, "__wrapped__") and callable(value):
+            # Code too: a decorated function (its worker-side pickle differs after
+            # it sent work from here), an lru_cache helper (its cache fills).
             continue
         try:
             watched[name] = (value, _digest(value))

@@ -25,6 +25,7 @@ import cloudpickle
 
 from dc_jupyter.remote.job import (
     dumps_keeping_filenames,
+    output_route,
     run_coroutine,
     run_job,
     settle,
@@ -181,6 +182,9 @@ def send_from_worker(function: InlineFunction, calls: list, timeout=None) -> lis
     payloads = [dumps_keeping_filenames((func, args, kwargs, ())) for args, kwargs in calls]
     keys = [f"{name}-{uuid.uuid4().hex}" for _ in calls]
     timeout = timeout if timeout is not None else spec.get("timeout")
+    # Their output shows in the cell of this job, marked as this job's.
+    route = output_route()
+    routed = {"route": route} if route is not None else {}
     with worker_client() as client:
         futures = client.map(
             run_job,
@@ -189,6 +193,7 @@ def send_from_worker(function: InlineFunction, calls: list, timeout=None) -> lis
             pure=False,
             retries=spec.get("retries") or 0,
             resources=spec.get("resources") or None,
+            **routed,
         )
         try:
             try:

@@ -58,13 +58,23 @@ class _NoForwarding:
     def __exit__(self, *exc_info) -> None:
         return None
 
-    def set_part(self, part: int) -> None:
+    def set_part(self, part: int, retry: int = 0) -> None:
         pass
 
 
 class _NoOutput:
     BATCH_LIMIT = 0
     forwarding = _NoForwarding
+
+    @staticmethod
+    def current_route():
+        return None
+
+
+def output_route():
+    """Where the output of work sent from this job goes (``remote.output.current_route``)."""
+    route = getattr(_output(), "current_route", None)
+    return route() if route is not None else None
 
 
 class Dep:
@@ -253,19 +263,125 @@ def _code_reduce_keeping_filename(code: types.CodeType) -> tuple:
     return constructor, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
 
 
+def _by_value(obj) -> bool:
+    """Whether cloudpickle sends ``obj`` (a function) by value: defined in the
+    notebook (``__main__``), in a module registered by value, or not found by name."""
+    module_name = getattr(obj, "__module__", None)
+    module = sys.modules.get(module_name) if isinstance(module_name, str) else None
+    if module is None or module_name == "__main__":
+        return True
+    registered = cloudpickle.list_registry_pickle_by_value()
+    if any(module_name == r or module_name.startswith(r + ".") for r in registered):
+        return True
+    found = module
+    for part in getattr(obj, "__qualname__", "").split("."):
+        found = getattr(found, part, None)
+    return found is not obj
+
+
+# Wrappers of notebook functions that pickle by name, or hold what cannot be
+# pickled: rebuilt around their functions (which travel by value) on the other
+# side. Both ways: notebook to worker, and back (a cell defines one).
+
+
+def _reduce_lru_cache(wrapper):
+    # functools.lru_cache / cache pickle by name ("slow_square"), which the other
+    # side cannot look up (a worker's __main__ is not the notebook's).
+    wrapped = getattr(wrapper, "__wrapped__", None)
+    if wrapped is None or not _by_value(wrapper):
+        return wrapper.__reduce__()
+    params = wrapper.cache_parameters()
+    return _lru_cached, (wrapped, params["maxsize"], params["typed"])
+
+
+def _lru_cached(function, maxsize, typed):
+    """``functools.lru_cache`` rebuilt around a function that arrived by value (empty cache)."""
+    import functools
+
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(function)
+
+
+def _reduce_cached_property(prop):
+    # Before Python 3.12 it holds an RLock, so a notebook class using it could not
+    # be sent at all; the function and the attribute name are all it needs.
+    return _cached_property, (prop.func, prop.attrname)
+
+
+def _cached_property(function, attrname):
+    """``functools.cached_property`` rebuilt in a class that arrived by value."""
+    import functools
+
+    prop = functools.cached_property(function)
+    prop.attrname = attrname  # __set_name__ does not run for a class rebuilt by pickle
+    return prop
+
+
+def _reduce_dispatcher(func):
+    """A ``functools.singledispatch`` function of the notebook, or None.
+
+    Its closure holds a ``WeakKeyDictionary`` (its dispatch cache), which cannot
+    be pickled: it travels as its registry and is rebuilt. In two steps (an empty
+    dispatcher, then its implementations), so implementations that call it
+    again (recursion over containers) find it in the pickle's memo.
+    """
+    registry = getattr(func, "registry", None)
+    if registry is None or not hasattr(func, "dispatch") or not _by_value(func):
+        return None
+    return _dispatcher, (func.__name__,), list(registry.items()), None, None, _fill_dispatcher
+
+
+def _dispatcher(name: str):
+    import functools
+
+    def default(*args, **kwargs):  # replaced by the registered object implementation
+        raise NotImplementedError(name)
+
+    default.__name__ = name
+    return functools.singledispatch(default)
+
+
+def _fill_dispatcher(dispatcher, implementations) -> None:
+    import functools
+
+    for cls, implementation in implementations:
+        dispatcher.register(cls, implementation)
+        if cls is object:  # the decorated function: name, docstring, __wrapped__
+            functools.update_wrapper(dispatcher, implementation)
+
+
+def _reducer_override(self, obj):
+    # Functions never reach the dispatch table (cloudpickle reduces them here):
+    # a singledispatch function is recognised by its attributes.
+    if type(obj) is types.FunctionType:
+        reduced = _reduce_dispatcher(obj)
+        if reduced is not None:
+            return reduced
+    return cloudpickle.Pickler.reducer_override(self, obj)
+
+
 def pickler_class() -> type:
-    """A ``cloudpickle.Pickler`` that keeps source file names.
+    """A ``cloudpickle.Pickler`` that keeps source file names, and sends wrappers
+    of notebook functions (``lru_cache``, ``cache``, ``cached_property``,
+    ``singledispatch``) by value.
 
     Made by a call with ``type()``, not as a module-level class: this module
     travels by value, and such a class would be shipped with cloudpickle's
     whole dispatch table.
     """
+    import functools
     from collections import ChainMap
 
-    table = ChainMap(
-        {types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table
+    ours = {
+        types.CodeType: _code_reduce_keeping_filename,
+        functools._lru_cache_wrapper: _reduce_lru_cache,
+        functools.cached_property: _reduce_cached_property,
+    }
+    table = ChainMap(ours, cloudpickle.Pickler.dispatch_table)
+    return type(
+        "FileNamePickler",
+        (cloudpickle.Pickler,),
+        {"dispatch_table": table, "reducer_override": _reducer_override},
     )
-    return type("FileNamePickler", (cloudpickle.Pickler,), {"dispatch_table": table})
 
 
 def dumps_keeping_filenames(value, pickler=None) -> bytes:
@@ -289,16 +405,18 @@ def dump_result(result, name: str) -> bytes:
         ) from None
 
 
-def run_job(payload: bytes, *dep_blobs: bytes) -> bytes:
+def run_job(payload: bytes, *dep_blobs: bytes, route: tuple = ()) -> bytes:
     """Run one call on a worker and return its pickled result.
 
     Whatever the user's code raises is made safe to send first (``sendable``):
     Dask would shut the worker down on ``SystemExit``, and hang on a traceback
-    thousands of frames deep.
+    thousands of frames deep. ``route``: ``(ident, part, attempt)`` of the job
+    that sent this call from its worker, whose cell shows its output.
     """
     error = None
+    ident, part, attempt = route or (None, 0, "")
     # prints etc. reach the notebook, live
-    with running_task(), inside_job(), _output().forwarding():
+    with running_task(), inside_job(), _output().forwarding(ident, part, attempt=attempt):
         try:
             name, result = call_payload(payload, dep_blobs)
         except BaseException as exc:
@@ -679,27 +797,32 @@ def _run_items(func, items, values, errors, forwarding, item_retries: int) -> No
         except BaseException as exc:  # SystemExit & co. fail their item only
             if _is_interrupt(exc):
                 raise
-            _run_one(func, items[position], position, values, errors, exc, item_retries)
+            _run_one(func, items[position], position, values, errors, exc, item_retries, forwarding)
             position += 1
     forwarding.part = max(0, position - 1)
 
 
-def _run_one(func, args, position, values, errors, first, item_retries: int) -> None:
+def _run_one(func, args, position, values, errors, first, item_retries: int, forwarding) -> None:
     """An item whose first call raised ``first``: retried up to ``item_retries`` times."""
     exc = first
-    for _attempt in range(item_retries):
-        # SystemExit & co. are the user's answer, not a failure: never retried.
-        if not isinstance(exc, Exception):
-            break
-        try:
-            values[position] = settle(func(*args))
-            return
-        except BaseException as again:
-            if _is_interrupt(again):
-                raise
-            exc = again
-    _trim_chain(exc)
-    errors[position] = _portable_error(exc)
+    try:
+        for attempt in range(1, item_retries + 1):
+            # SystemExit & co. are the user's answer, not a failure: never retried.
+            if not isinstance(exc, Exception):
+                break
+            forwarding.set_part(position, attempt)  # a retry's lines are marked
+            try:
+                values[position] = settle(func(*args))
+                return
+            except BaseException as again:
+                if _is_interrupt(again):
+                    raise
+                exc = again
+        _trim_chain(exc)
+        errors[position] = _portable_error(exc)
+    finally:
+        if item_retries:
+            forwarding.set_part(position, 0)  # the next items run their first attempt
 
 
 def split_batch(blob: bytes) -> bytes:

@@ -15,7 +15,6 @@ Pickled by value (workers lack dc_jupyter): standard library only, plus
 
 from __future__ import annotations
 
-import functools
 import importlib.abc
 import importlib.util
 import sys
@@ -114,15 +113,3 @@ def missing(names) -> list:
         if not found:
             lacking.append(name)
     return lacking
-
-
-def cached(function, maxsize, typed):
-    """``functools.lru_cache`` rebuilt around a function that arrived by value (empty cache)."""
-    return functools.lru_cache(maxsize=maxsize, typed=typed)(function)
-
-
-def cached_property(function, attrname):
-    """``functools.cached_property`` rebuilt in a class that arrived by value."""
-    prop = functools.cached_property(function)
-    prop.attrname = attrname  # __set_name__ does not run for a class rebuilt by pickle
-    return prop

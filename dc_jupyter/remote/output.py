@@ -311,12 +311,17 @@ def _install_matplotlib_backend() -> None:
 class Forwarder:
     """One run's output: buffered in order, sent in coalesced events, capped at ``limit``."""
 
-    def __init__(self, worker, ident: str, part: int, limit: int) -> None:
+    def __init__(self, worker, ident: str, part: int, limit: int, attempt: str = "") -> None:
         self.worker = worker
         self.ident = ident
         self.part = part  # for a map batch: the item running now
+        self.retry = 0  # for a map batch: the item's retry running now (retries=)
         self.limit = limit
-        self.attempt = os.urandom(8).hex()  # a retried run starts its sequence again
+        # A retried run starts its sequence again: the notebook tells runs apart by
+        # this, and marks a retried one's lines. Work a run sends from its worker
+        # writes as part of the run: the run's attempt, then its own.
+        own = os.urandom(8).hex()
+        self.attempt = f"{attempt}/{own}" if attempt else own
         self.seq = 0
         self.sent_bytes = 0
         self.dropped_bytes = 0
@@ -329,10 +334,18 @@ class Forwarder:
             if not self._take(len(text)):
                 return
             last = self.pending[-1] if self.pending else None
-            if last and last.get("stream") == stream and last["part"] == self.part:
+            if (
+                last
+                and last.get("stream") == stream
+                and last["part"] == self.part
+                and last.get("retry", 0) == self.retry
+            ):
                 last["text"] += text
             else:
-                self.pending.append({"stream": stream, "text": text, "part": self.part})
+                chunk = {"stream": stream, "text": text, "part": self.part}
+                if self.retry:
+                    chunk["retry"] = self.retry
+                self.pending.append(chunk)
         self._register()
 
     def add_display(self, data: dict, metadata: dict) -> None:
@@ -435,6 +448,21 @@ def _current_key():
         return None
 
 
+def current_route():
+    """``(ident, part, attempt)`` of the run whose output this thread forwards, or None.
+
+    Work a job sends from its worker (``remote.inline``) forwards its output
+    under this route, so it shows in the cell of the job, marked as the job's.
+    What the run printed so far is sent first, to keep the order.
+    """
+    sink = _current_sink()
+    if sink is None:
+        return None
+    forwarder = sink.forwarder
+    forwarder.send_pending()
+    return forwarder.ident, forwarder.part, forwarder.attempt
+
+
 _here = threading.local()  # in-process runs: how to mark the lines of a map's items
 
 
@@ -482,10 +510,13 @@ class forwarding:
     innermost run and restores the outer one after.
     """
 
-    def __init__(self, ident: str | None = None, part: int = 0, limit: int = RUN_LIMIT) -> None:
+    def __init__(
+        self, ident: str | None = None, part: int = 0, limit: int = RUN_LIMIT, attempt: str = ""
+    ) -> None:
         self.ident = ident
         self.part = part
         self.limit = limit
+        self.attempt = attempt  # of the run that sent this work from its worker, if any
         self.forwarder: Forwarder | None = None
         self.redirected: contextlib.ExitStack | None = None
 
@@ -500,7 +531,7 @@ class forwarding:
                 self.redirected.enter_context(contextlib.redirect_stdout(out))
                 self.redirected.enter_context(contextlib.redirect_stderr(err))
             return self
-        self.forwarder = Forwarder(worker, str(ident), self.part, self.limit)
+        self.forwarder = Forwarder(worker, str(ident), self.part, self.limit, self.attempt)
         self.routers = _install_once()
         thread = threading.get_ident()
         self.previous = [router.sinks.get(thread) for router in self.routers]
@@ -508,11 +539,12 @@ class forwarding:
             router.sinks[thread] = _Sink(self.forwarder, stream)
         return self
 
-    def set_part(self, part: int) -> None:
+    def set_part(self, part: int, retry: int = 0) -> None:
         self.part = part
         if self.forwarder is not None:
             with self.forwarder.lock:
                 self.forwarder.part = part
+                self.forwarder.retry = retry
 
     def __exit__(self, *exc_info) -> None:
         if self.redirected is not None:

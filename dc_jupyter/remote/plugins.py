@@ -96,3 +96,120 @@ class OneTaskPerWorker(WorkerPlugin):
         if worker.state.total_resources.get(self.resource) != 1:
             # Tells the scheduler too, which then places tasks needing it.
             await worker.set_resources(**{self.resource: 1})
+
+
+#: How much of the version gate's resource a matching worker gets: far more than
+#: any worker runs tasks at once, so it never limits how many run.
+GATE_AMOUNT = 1_000_000
+
+
+def version_problems(expected: dict, packages: dict) -> list[list[str]]:
+    """``[package, expected, found]`` for each package of ``expected`` whose version
+    in ``packages`` differs (Python: the minor version only)."""
+    problems = []
+    for package, want in expected.items():
+        have = packages.get(package)
+        if package == "python":
+            same = str(want).split(".")[:2] == str(have).split(".")[:2]
+        else:
+            same = str(want) == str(have)
+        if not same:
+            problems.append([package, str(want), str(have)])
+    return problems
+
+
+class VersionGate(SchedulerPlugin):
+    """Admits only workers whose versions match the notebook's to dc_jupyter work.
+
+    Every dc_jupyter task needs one unit of ``resource``; this plugin gives it,
+    on the scheduler, to each matching worker as it joins: in ``add_worker``,
+    which the scheduler calls before it hands the new worker any task, so a
+    mismatched worker never gets one, not even for a moment. A mismatched
+    worker is logged on ``topic`` (its address, name and the differing
+    versions) for the notebook to warn about. The worker's own side is
+    ``VersionGateOnWorker``.
+    """
+
+    idempotent = True
+
+    def __init__(self, resource: str, expected: dict, topic: str) -> None:
+        self.name = f"gate-{resource}"
+        self.resource, self.expected, self.topic = resource, expected, topic
+        self.scheduler = None
+
+    async def start(self, scheduler) -> None:
+        self.scheduler = scheduler
+        for address in list(scheduler.workers):
+            self._admit(address)
+
+    def add_worker(self, scheduler=None, worker=None) -> None:
+        self.scheduler = scheduler or self.scheduler
+        self._admit(worker)
+
+    def _admit(self, address) -> None:
+        ws = self.scheduler.workers.get(address) if self.scheduler is not None else None
+        if ws is None:
+            return
+        packages = (getattr(ws, "versions", None) or {}).get("packages") or {}
+        problems = version_problems(self.expected, packages)
+        if problems:
+            self.scheduler.log_event(
+                self.topic,
+                {"worker": address, "name": str(ws.name), "problems": problems,
+                 "resource": self.resource},
+            )  # fmt: skip
+            return
+        if ws.resources.get(self.resource) != GATE_AMOUNT:
+            # What Scheduler.add_resources does, without resetting the worker's
+            # other resources in use (it zeroes them all).
+            ws.resources[self.resource] = GATE_AMOUNT
+            ws.used_resources.setdefault(self.resource, 0)
+            self.scheduler.resources.setdefault(self.resource, {})[address] = GATE_AMOUNT
+
+
+class VersionGateOnWorker(WorkerPlugin):
+    """The worker's side of ``VersionGate``: a matching worker holds the resource
+    itself too (a worker runs a task needing a resource only if it has it).
+
+    Decided from the same versions the worker reported when it registered, so
+    the worker and the scheduler always agree. Dask sets plugins up before the
+    worker reads any task from the scheduler.
+    """
+
+    idempotent = True
+
+    def __init__(self, resource: str, expected: dict) -> None:
+        self.name = f"gate-{resource}"
+        self.resource, self.expected = resource, expected
+
+    def setup(self, worker) -> None:
+        import distributed.worker
+
+        if version_problems(self.expected, distributed.worker.get_versions()["packages"]):
+            return
+        state = worker.state
+        if self.resource not in state.total_resources:
+            state.total_resources[self.resource] = GATE_AMOUNT
+            state.available_resources[self.resource] = GATE_AMOUNT
+
+
+class ReportWorkerJoins(SchedulerPlugin):
+    """Logs an event on ``topic`` when a worker joins, so a notebook can check it.
+
+    dc_jupyter asks the workers once whether they can import the packages the
+    work needs (``backends.dask.modules``); a worker that joins later is asked
+    when the notebook hears of it here.
+    """
+
+    idempotent = True
+
+    def __init__(self, topic: str) -> None:
+        self.name = f"report-{topic}"
+        self.topic = topic
+        self.scheduler = None
+
+    async def start(self, scheduler) -> None:
+        self.scheduler = scheduler
+
+    def add_worker(self, scheduler=None, worker=None, **kwargs) -> None:
+        (scheduler or self.scheduler).log_event(self.topic, {"worker": worker})

@@ -105,11 +105,16 @@ class ProcessCluster:
         except (OSError, ValueError):
             return False
 
-    def add_worker(self, *extra: str, name: str | None = None) -> subprocess.Popen:
-        """Start one more ``dask worker`` process and return it (not waiting for it)."""
+    def add_worker(
+        self, *extra: str, name: str | None = None, dask: Sequence[str] | None = None
+    ) -> subprocess.Popen:
+        """Start one more ``dask worker`` process and return it (not waiting for it).
+
+        ``dask``: the ``dask`` command to run (e.g. another environment's), else ours.
+        """
         index = len(self.workers)
         cmd = [
-            *_dask_command(), "worker",
+            *(dask or _dask_command()), "worker",
             "--scheduler-file", str(self.scheduler_file),
             "--nworkers", "1", "--nthreads", str(self.nthreads),
             "--host", self.host, "--no-dashboard",

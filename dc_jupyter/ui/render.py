@@ -151,6 +151,7 @@ class JobState:
     dashboard: str | None = None
     detail: str = ""  # result preview, or the error's one-line summary
     awaiting_result: bool = False  # finished, but the preview waits for the result to arrive
+    note: str = ""  # e.g. its worker has not answered for a while (``core.frozen.note``)
 
     @property
     def finished(self) -> bool:
@@ -211,7 +212,16 @@ def _summary(exc: BaseException) -> str:
 
 def job_text(s: JobState) -> str:
     line = f"{s.name}: {s.headline()}, {duration(s.elapsed)}"
-    return f"{line} {s.detail}" if s.detail else line
+    line = f"{line} {s.detail}" if s.detail else line
+    return f"{line} · {s.note}" if s.note else line
+
+
+def _note_html(note: str) -> str:
+    # Spelled out in words with a symbol, like the state: never colour alone.
+    return (
+        f"<span class='dcj-note' role='status' style='min-width:0;overflow-wrap:anywhere'>"
+        f"<span aria-hidden='true'>⚠</span> {_esc(note)}</span>"
+    )
 
 
 def job_html(s: JobState) -> str:
@@ -225,6 +235,8 @@ def job_html(s: JobState) -> str:
             f"<code class='dcj-detail' style='min-width:0;overflow-wrap:anywhere;{_TEXT};"
             f"background:none'>{_esc(s.detail)}</code>"
         )
+    if s.note:
+        parts.append(_note_html(s.note))
     if s.dashboard:
         parts.append(
             f"<a class='dcj-link' href='{_esc(s.dashboard)}' target='_blank' "
@@ -285,6 +297,7 @@ class MapState:
     running: int = 0  # items being computed now: at most one per busy worker thread
     elapsed: float = 0.0
     per_worker: dict[str, int] = field(default_factory=dict)  # by worker name (or address)
+    note: str = ""  # e.g. a worker running it has not answered for a while
 
     @property
     def ended(self) -> int:
@@ -372,6 +385,8 @@ def map_counts(s: MapState) -> str:
     if s.time_left is not None:
         parts.append(f"{duration(s.time_left)} left")
     parts.append(("in " if s.finished else "") + duration(s.elapsed))
+    if s.note and not s.finished:
+        parts.append(s.note)
     return " · ".join(parts)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dc_jupyter.core import frozen
 from dc_jupyter.ui import render
 from dc_jupyter.ui.monitor import monitor
 
@@ -47,6 +48,8 @@ class TextBar:
 
     def refresh(self) -> bool:
         state = render.map_state(self.handle)
+        if not state.finished:
+            state.note = frozen.note(frozen.silent_workers(self.handle))
         counts = render.map_counts(state)
         if counts != self.bar.postfix:
             self.bar.postfix = counts  # a plain string: tqdm shows it as it is

@@ -27,6 +27,7 @@ from typing import Any
 import ipywidgets as w
 from IPython.display import display
 
+from dc_jupyter.core import frozen
 from dc_jupyter.ui import render
 from dc_jupyter.ui.monitor import client_of, dashboard_link, monitor, where_running, worker_names
 
@@ -242,6 +243,8 @@ class JobView(LiveView):
             worker = render.short_worker(worker, self.names())
         state = render.job_state(self.handle, worker=worker, dashboard=self.dashboard, fetch=fetch)
         state.name = self.label
+        if not state.finished:
+            state.note = frozen.note(frozen.silent_workers(self.handle), self.names())
         return state
 
     def text(self, state: render.JobState) -> str:
@@ -258,6 +261,8 @@ class MapView(LiveView):
     def read(self, fetch: bool) -> render.MapState:
         state = render.map_state(self.handle, self.names())
         state.name = self.label
+        if not state.finished:
+            state.note = frozen.note(frozen.silent_workers(self.handle), self.names())
         return state
 
     def text(self, state: render.MapState) -> str:

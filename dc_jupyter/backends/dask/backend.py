@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dc_jupyter import config
 from dc_jupyter.backends.base import Backend, BatchChannel, Entry, Pending
-from dc_jupyter.backends.dask import connection, install, modules
+from dc_jupyter.backends.dask import connection, install, modules, versions
 from dc_jupyter.backends.dask.errors import translate_backend_error
 from dc_jupyter.core import output
 from dc_jupyter.core.futures import JobFuture
@@ -158,13 +158,17 @@ def one_per_worker() -> bool:
 
 
 def task_resources(client: Any, wanted: Mapping[str, float]) -> dict[str, float] | None:
-    """The resources a task asks for: ``wanted``, plus one slot under one-per-worker.
+    """The resources a task asks for: ``wanted``, the version gate's (see
+    ``versions``), plus one slot under one-per-worker.
 
     The slot is given to every worker (and to workers that join later) by a
     worker plugin, registered once per cluster, so stock ``dask worker``
     processes need no ``--resources`` flag.
     """
     resources = dict(wanted)
+    gate = versions.gate_resource()
+    if gate is not None:  # only workers with the notebook's versions have it
+        resources[gate] = 1
     if one_per_worker():
         identity = connection.identity(client)
         if _slots_given.get(client) != identity.get("id"):
@@ -458,6 +462,7 @@ class _DaskBatches(BatchChannel):
             future,
             key=f"{future.key}-split",
             pure=False,
+            resources=task_resources(self.client, {}),
         )
         try:
             return split.result(timeout=SPLIT_TIMEOUT)

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from dc_jupyter.backends.dask import connection
+from dc_jupyter.backends.dask import bounded, connection, versions
 from dc_jupyter.remote import job as remote_job
 from dc_jupyter.remote import output as remote_output
 from dc_jupyter.remote import plugins
@@ -72,10 +72,23 @@ def installed_on(client: Any) -> ModuleType:
     if _installed.get(client) != scheduler_id:
         with _lock:
             if _installed.get(client) != scheduler_id:
-                client.register_plugin(plugins.InstallOnScheduler(MODULE_NAME, _SOURCE))
-                client.register_plugin(plugins.InstallOnWorkers(OUTPUT_MODULE_NAME, _OUTPUT_SOURCE))
-                client.register_plugin(plugins.InstallOnWorkers(MODULE_NAME, _SOURCE))
-                # Output events are forgotten by the scheduler once passed on.
-                client.register_plugin(plugins.ForgetOutputEvents(remote_output.OUTPUT_TOPIC))
+                # Every worker must answer: bounded, so a frozen one is an error, not a hang.
+                bounded.answered(
+                    client, "installing dc_jupyter's worker code", lambda: _install(client)
+                )
                 _installed[client] = scheduler_id
+    versions.warn_mismatched_workers(client)
     return module
+
+
+def _install(client: Any) -> None:
+    client.register_plugin(plugins.InstallOnScheduler(MODULE_NAME, _SOURCE))
+    client.register_plugin(plugins.InstallOnWorkers(OUTPUT_MODULE_NAME, _OUTPUT_SOURCE))
+    client.register_plugin(plugins.InstallOnWorkers(MODULE_NAME, _SOURCE))
+    # Output events are forgotten by the scheduler once passed on.
+    client.register_plugin(plugins.ForgetOutputEvents(remote_output.OUTPUT_TOPIC))
+    # Only workers with our versions, now and joining later, get work
+    # (registered even with check-versions off, so turning it on works).
+    for gate in versions.gate_plugins():
+        client.register_plugin(gate)
+    versions.watch_gate(client)

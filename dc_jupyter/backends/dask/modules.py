@@ -11,8 +11,10 @@
   it, and nothing is sent.
 
 Per call, when nothing is new, this costs a set difference (plus a ``stat``
-per local module the work uses). Workers that join after a module was checked
-are not checked again.
+per local module the work uses). Workers that join later get the local modules
+from the plugin; a scheduler plugin (``remote.plugins.ReportWorkerJoins``)
+tells the notebook about them, and the modules checked so far are checked
+again on them before the next work is sent.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dc_jupyter import config
-from dc_jupyter.backends.dask import connection, localcode
+from dc_jupyter.backends.dask import bounded, connection, localcode
 from dc_jupyter.remote import modules as remote_modules
+from dc_jupyter.remote import plugins
+
+#: Scheduler events: a worker joined (``remote.plugins.ReportWorkerJoins``).
+JOINS_TOPIC = "dc_jupyter-worker-joins"
 
 
 @dataclass
@@ -37,6 +43,9 @@ class _ClusterState:
     ok: set[str] = field(default_factory=set)  # installed there: nothing to do per call
     shipped: dict[str, _Version] = field(default_factory=dict)  # unit name -> what it got
     lock: threading.Lock = field(default_factory=threading.Lock)
+    checked: set[str] = field(default_factory=set)  # of ``ok``: those asked of the workers
+    joined: set[str] = field(default_factory=set)  # workers that joined since (not asked yet)
+    watching: bool = False  # subscribed to the scheduler's joins
 
 
 _states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -58,6 +67,9 @@ def ensure(client: Any, names: Iterable[str], what: str) -> None:
     ``what`` names the work in messages (``f()``, ``the cell``).
     """
     state = _state(client)
+    if state.joined:  # rare: a worker joined since the last check
+        with state.lock:
+            _check_joined(client, state)
     todo = set(names) - state.ok
     if not todo:
         return
@@ -89,7 +101,9 @@ def _settle(client: Any, state: _ClusterState, todo: set[str], what: str) -> Non
         elif name in work:
             to_check.append(name)
     if to_check and config.get("check-modules", True):
+        _watch_joins(client, state)  # first: a worker joining during the check is heard of
         _check_workers(client, sorted(to_check), what)  # raises before anything is sent
+        state.checked.update(to_check)
     state.ok.update(to_check)
     for version in to_ship:
         _ship(client, state, version)
@@ -131,15 +145,65 @@ def _version(state: _ClusterState, unit: localcode.LocalUnit) -> _Version:
 def _ship(client: Any, state: _ClusterState, version: _Version) -> None:
     shipped = state.shipped.get(version.name)
     if version.modules is not None and (shipped is None or shipped.digest != version.digest):
-        client.register_plugin(
-            remote_modules.ShipModules(version.name, version.modules, version.digest)
-        )
+        plugin = remote_modules.ShipModules(version.name, version.modules, version.digest)
+        bounded.answered(
+            client, f"sending {version.name}", lambda: client.register_plugin(plugin),
+            key=("ship", version.name, version.digest),
+        )  # fmt: skip
     version.modules = None  # sent: keep only what identifies it
     state.shipped[version.name] = version
 
 
+def _watch_joins(client: Any, state: _ClusterState) -> None:
+    """Hear of workers that join from now on (once per cluster)."""
+    if state.watching:
+        return
+    joined = state.joined
+
+    def on_join(event: Any) -> None:  # the client's event loop: only note it
+        _timestamp, message = event
+        if isinstance(message, dict) and message.get("worker"):
+            joined.add(str(message["worker"]))
+
+    bounded.answered(
+        client, "watching for new workers",
+        lambda: client.register_plugin(plugins.ReportWorkerJoins(JOINS_TOPIC)),
+    )  # fmt: skip
+    client.subscribe_topic(JOINS_TOPIC, on_join)
+    state.watching = True
+
+
+def _check_joined(client: Any, state: _ClusterState) -> None:
+    """Ask workers that joined whether they have the modules checked so far; a
+    module one lacks is no longer taken as there, so work needing it is refused."""
+    joined = set()
+    while state.joined:  # the client's event loop adds to it meanwhile: pop, never iterate
+        try:
+            joined.add(state.joined.pop())
+        except KeyError:
+            break
+    names = sorted(state.checked)
+    if not joined or not names:
+        return
+    present = set(connection.scheduler_info(client).get("workers", {}))
+    workers = sorted(joined & present)  # one that left again cannot answer
+    if not workers:
+        return
+    lacking = bounded.answered(
+        client, "the module check of new workers",
+        lambda: client.run(remote_modules.missing, names, workers=workers, on_error="ignore"),
+        key=("check joined", tuple(names), tuple(workers)),
+    )  # fmt: skip
+    for missing in lacking.values():
+        state.ok.difference_update(missing)
+        state.checked.difference_update(missing)
+
+
 def _check_workers(client: Any, names: list[str], what: str) -> None:
-    lacking = client.run(remote_modules.missing, names)  # {worker address: [names]}
+    lacking = bounded.answered(  # {worker address: [names]}
+        client, "the module check", lambda: client.run(remote_modules.missing, names),
+        key=("check", tuple(names)),
+    )  # fmt: skip
     by_module: dict[str, list[str]] = {}
     for worker, missing in sorted(lacking.items()):
         for name in missing:
