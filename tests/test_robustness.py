@@ -22,6 +22,7 @@ import pytest
 from conftest import BLOCK_PRELOAD, connected_shell, scheduler_task_count, wait_until
 from IPython.utils.capture import capture_output
 
+import dc_jupyter
 from dc_jupyter import compute_this
 from dc_jupyter.tools.cluster import ProcessCluster
 
@@ -279,7 +280,13 @@ def test_a_result_the_notebook_cannot_unpickle_fails_that_item_only(rclient, ste
 
 @contextlib.contextmanager
 def frozen_workers(rcluster, rclient):
-    """SIGSTOP every worker process of our own cluster (not the nannies); SIGCONT after."""
+    """SIGSTOP every worker process of our own cluster (not the nannies); SIGCONT after.
+
+    dc_jupyter's setup on ``rclient`` is done first, as after any earlier call, so
+    a test that runs alone measures its wait, not the setup (which every worker
+    must answer: see test_first_contact_with_frozen_workers_is_an_error_not_a_hang).
+    """
+    assert compute_this(client=rclient)(slow)(0).compute(timeout=120) == 0
     pids = list(rclient.run(os.getpid).values())
     nannies = {p.pid for p in rcluster.workers}
     for pid in pids:
@@ -367,7 +374,8 @@ def test_frozen_workers_are_named_and_the_wait_is_bounded_by_the_setting(
 ):
     """A worker that stops answering (SIGSTOP) is named in the job widget and the
     map's text bar; with dc_jupyter.frozen-worker-timeout a .compute() and a
-    %%distribute cell raise FrozenWorkerError after that long, and cancel."""
+    %%distribute cell (and dc_jupyter.compute of several jobs) raise FrozenWorkerError
+    after that long, and cancel."""
     import io
 
     import dask
@@ -402,6 +410,8 @@ def test_frozen_workers_are_named_and_the_wait_is_bounded_by_the_setting(
                 assert "frozen-worker-timeout (3 s)" in str(info.value)
                 with pytest.raises(FrozenWorkerError):
                     func.map(range(2)).compute()
+                with pytest.raises(FrozenWorkerError):
+                    dc_jupyter.compute(func(2), func(3))
                 result = shell.run_cell("%%distribute\nx = 1")
                 assert isinstance(result.error_in_exec, FrozenWorkerError), result.error_in_exec
                 assert "x" not in shell.user_ns
