@@ -140,6 +140,28 @@ def stop_if_frozen(handle: Any, seconds: float | None) -> None:
     )
 
 
+def wait(finished: threading.Event, handles: list, timeout: float | None) -> bool:
+    """``finished.wait(timeout)``: True once it is set, False at the timeout.
+
+    With ``dc_jupyter.frozen-worker-timeout`` set, it also looks every ``POLL``
+    seconds whether a worker running one of ``handles`` stopped answering for
+    that long (``stop_if_frozen``: that one cancelled, ``FrozenWorkerError``).
+    """
+    bound = limit()
+    if bound is None:
+        return finished.wait(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if finished.wait(POLL if left is None else min(POLL, left)):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        for handle in handles:
+            if not handle.done():
+                stop_if_frozen(handle, bound)
+
+
 def note(silent: dict[str, float], names: dict[str, str] | None = None) -> str:
     """``worker w-0 has not answered for 12 s (frozen or overloaded?)``, or ``""``."""
     if not silent:

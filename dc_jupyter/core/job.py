@@ -9,7 +9,6 @@ cluster; its result never passes through the notebook.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -215,18 +214,9 @@ def wait_or_cancel(
     finished = threading.Event()
     # Woken by the handle itself, not by polling: no latency added to short calls.
     handle.add_done_callback(lambda _: finished.set())
-    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        bound = frozen.limit()  # a bad setting: the error, and the work is cancelled
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            step = (
-                left if bound is None else frozen.POLL if left is None else min(frozen.POLL, left)
-            )
-            done = finished.wait(step)
-            if done or (deadline is not None and time.monotonic() >= deadline):
-                break
-            frozen.stop_if_frozen(handle, bound)
+        # A bad frozen-worker setting raises in here: the work is cancelled too.
+        done = frozen.wait(finished, [handle], timeout)
     except BaseException:  # KeyboardInterrupt (or a frozen worker): stop the remote work too
         handle.cancel()
         raise

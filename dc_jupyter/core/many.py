@@ -13,7 +13,6 @@ Not for one job (``Job.submit``) nor for maps (``MapJob``).
 from __future__ import annotations
 
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from dc_jupyter.backends.base import Entry, Pending
@@ -220,32 +219,13 @@ def _wait_all(handles: list[JobFuture], timeout: float | None) -> int | None:
     unique = list({id(h): h for h in handles}.values())
     for handle in unique:
         handle.add_done_callback(one_done)
-    if not _wait_or_frozen(done, unique, timeout):
+    if not frozen.wait(done, unique, timeout):  # FrozenWorkerError: the caller cancels all
         raise TimeoutError(
             f"dc_jupyter.compute: {remaining[0]} of {len(handles)} jobs did not finish within "
             f"{timeout:g} s; all were cancelled. Raise the timeout if they need longer."
         )
     with lock:
         return min(failed) if failed else None
-
-
-def _wait_or_frozen(done: threading.Event, handles: list[JobFuture], timeout: float | None) -> bool:
-    """``done.wait(timeout)``; with ``dc_jupyter.frozen-worker-timeout`` set, it also
-    looks every second whether a worker running one of ``handles`` stopped answering
-    for that long (``FrozenWorkerError``; the caller cancels them all)."""
-    bound = frozen.limit()
-    if bound is None:
-        return done.wait(timeout)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if done.wait(frozen.POLL if left is None else min(frozen.POLL, left)):
-            return True
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-        for handle in handles:
-            if not handle.done():
-                frozen.stop_if_frozen(handle, bound)
 
 
 def _raise_failure(handles: list[JobFuture], position: int) -> None:
