@@ -6,6 +6,7 @@ so user YAML, ``DASK_DC_JUPYTER__*`` variables and ``dask.config.set`` win.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any
@@ -55,3 +56,12 @@ def seconds(value: Any, what: str) -> float | None:
     # Waits take at most threading.TIMEOUT_MAX (~292 years): a longer one means
     # "no limit" in practice, so it is clamped, not an OverflowError later.
     return min(float(parsed), MAX_SECONDS)
+
+
+@functools.lru_cache(maxsize=16)
+def in_bytes(value: Any) -> int:
+    """A size given as a number or a Dask string ("1 MB"), in bytes; parsed once
+    per value (sizes are read on every call)."""
+    from dask.utils import parse_bytes
+
+    return parse_bytes(value) if isinstance(value, str) else int(value)

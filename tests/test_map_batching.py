@@ -250,3 +250,53 @@ def test_async_functions_map_with_errors_per_item(cluster):
     results = later.map(range(300)).compute(errors="return")
     assert isinstance(results[3], KeyError)
     assert [r for i, r in enumerate(results) if i != 3] == [i * 2 for i in range(300) if i != 3]
+
+
+def test_a_batch_stops_at_its_time_budget_and_hands_back_the_rest(cluster):
+    """The first batches hold many items, unmeasured; a slow function's batch stops
+    within its time budget (twice batch-seconds), so its items spread over the
+    workers instead of one worker running them all."""
+
+    @compute_this(address=cluster.address)
+    def slow(i):
+        time.sleep(0.05)
+        return i, os.getpid()
+
+    with dask.config.set({"dc_jupyter.map.batch-seconds": 0.05}):  # budget 0.1 s
+        handle = slow.map(range(30)).submit()
+        results = handle.result(timeout=60)
+    assert [i for i, _ in results] == list(range(30))
+    assert len({pid for _, pid in results}) == 2
+    # 30 items, at most ~2 per 0.1 s budget: many tasks, some sent again
+    assert handle.tasks_sent >= 12
+    progress = handle.progress()
+    assert (progress.done, sum(progress.per_worker.values())) == (30, 30)
+
+
+def test_a_trivial_map_goes_in_a_few_tasks(cluster):
+    @compute_this(address=cluster.address)
+    def inc(x):
+        return x + 1
+
+    handle = inc.map(range(50_000)).submit()
+    assert handle.result(timeout=60) == list(range(1, 50_001))
+    assert handle.tasks_sent <= 12  # the first wave holds nearly all of it
+
+
+def test_budgets_in_process_and_errors_in_handed_back_items():
+    @compute_this(backend="local")
+    def maybe(i):
+        time.sleep(0.01)
+        if i % 7 == 3:
+            raise ValueError(i)
+        return i
+
+    with dask.config.set({"dc_jupyter.map.batch-seconds": 0.01}):  # budget 0.02 s
+        handle = maybe.map(range(40)).submit()
+        results = handle.result(timeout=60, errors="return")
+    assert handle.tasks_sent > 5
+    for i, value in enumerate(results):
+        if i % 7 == 3:
+            assert isinstance(value, ValueError) and value.args == (i,)
+        else:
+            assert value == i

@@ -24,14 +24,24 @@ def sizer(slots=4, target=0.05, max_bytes=1_000_000, bytes_per_item=10.0):
     return BatchSizer(slots, target, max_bytes=max_bytes, bytes_per_item=bytes_per_item)
 
 
-def test_the_first_batch_is_one_item_then_it_grows_by_at_most_16x():
+def test_the_first_batches_spread_the_items_then_follow_the_measured_time():
     s = sizer()
-    assert s.next_size(100_000) == 1  # nothing measured: a slow function must not be bundled
+    # nothing measured: as large as the threads' share allows (the worker's time
+    # budget stops a slow function), so a trivial map needs one or two waves
+    assert s.next_size(100_000) == 25_000
+    assert s.budget == pytest.approx(0.1)  # twice the 50 ms target
     s.record(1, 1e-6)  # 1 µs an item: 50 ms of work would be 50,000 items
-    assert s.next_size(100_000) == 16
-    assert s.next_size(100_000) == 256
-    assert s.next_size(100_000) == 4096
-    assert s.next_size(100_000) == 25_000  # the last quarter for each of the 4 threads
+    assert s.next_size(1_000_000) == 50_000
+    s.record(10, 0.5)  # 50 ms an item: one per batch
+    assert s.next_size(1_000_000) == 1
+
+
+def test_a_trivial_maps_last_items_go_in_one_task():
+    s = sizer(slots=4)
+    s.record(1000, 1e-3)  # 1 µs an item: 10 ms of work is 10,000 items
+    assert s.next_size(400) == 400  # not 100 for each thread: not worth four tasks
+    s.record(10, 0.5)  # 50 ms an item: the last 8 are shared
+    assert s.next_size(8) == 1
 
 
 def test_slow_items_go_one_per_task_and_quick_ones_fill_the_target():
@@ -46,8 +56,7 @@ def test_slow_items_go_one_per_task_and_quick_ones_fill_the_target():
 
 def test_the_end_of_a_map_is_shared_and_bytes_cap_a_batch():
     s = sizer(slots=4)
-    s.record(1000, 1e-3)
-    s.largest = 10_000
+    s.record(1000, 10.0)  # 10 ms an item
     assert s.next_size(10) == 3  # 10 left for 4 threads: none gets more than 3
     assert s.next_size(0) == 0
     small = sizer(max_bytes=1000, bytes_per_item=100.0)

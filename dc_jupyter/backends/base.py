@@ -108,19 +108,30 @@ class BatchChannel:
 
     ``send`` returns a future (``concurrent.futures`` or Dask) whose result is
     the blob of ``remote_job.run_batch``; ``close`` releases what the map shared.
-    ``retries``: how often a failing item is run again before its error counts.
+    ``retries``: how often a failing item is run again before its error counts;
+    ``budget``: seconds after which the batch stops and hands back the items it
+    did not reach (``remote_job.run_batch``).
     """
+
+    #: Each item is its one argument, not a tuple of arguments (``MapJob.single``).
+    single = False
 
     def __init__(self, function_blob: bytes, retries: int = 0) -> None:
         self.function_blob = function_blob
         self.retries = retries
 
-    def send(self, items_blob: bytes, key: str) -> Any:
+    def send(self, items_blob: bytes, key: str, budget: float | None = None) -> Any:
         future: Future = Future()
         future.set_running_or_notify_cancel()
         try:
             future.set_result(
-                remote_job.run_batch(self.function_blob, items_blob, item_retries=self.retries)
+                remote_job.run_batch(
+                    self.function_blob,
+                    items_blob,
+                    item_retries=self.retries,
+                    budget=budget,
+                    single=self.single,
+                )
             )
         except Exception as exc:
             future.set_exception(exc)

@@ -41,7 +41,12 @@ class _ExecutorBatches(BatchChannel):
         super().__init__(function_blob, retries)
         self.executor = executor
 
-    def send(self, items_blob: bytes, key: str) -> Future:
+    def send(self, items_blob: bytes, key: str, budget: float | None = None) -> Future:
         return self.executor.submit(
-            remote_job.run_batch, self.function_blob, items_blob, item_retries=self.retries
+            remote_job.run_batch,
+            self.function_blob,
+            items_blob,
+            item_retries=self.retries,
+            budget=budget,
+            single=self.single,
         )

@@ -3,11 +3,14 @@
 Not the dispatch itself (that is ``core.map.MapFuture``) and nothing Dask-specific:
 only the arithmetic of batch sizes and the pickling of items.
 
-Batches start with one item, then grow from the time the worker measured
-for the items already done, towards ``batch-seconds`` of work per task, so a
-trivial function ends up with thousands of items per task and a 50 ms one with
-one. Near the end batches shrink again so every worker finishes at about the
-same time.
+Before anything is measured, batches are as large as the bytes allow (the
+items spread over every worker thread) and the worker stops each after a time
+budget (``remote.job.run_batch``), handing back the items it did not reach.
+So a trivial function gets through a map in one or two waves, and a slow one
+is never bundled beyond its budget. After that, batches are sized from the
+time the workers measured, towards ``batch-seconds`` of work per task: a
+trivial function gets thousands of items per task, a 50 ms one ~5. Near the
+end batches shrink again so every worker finishes at about the same time.
 """
 
 from __future__ import annotations
@@ -20,9 +23,13 @@ from dc_jupyter.core import pickling
 from dc_jupyter.errors import SerializationError
 from dc_jupyter.remote import job as remote_job
 
-#: How much a batch may grow from one measurement to the next; bounds the damage
-#: of a first item that happened to be much faster than the rest.
-GROWTH = 16
+#: A batch may run for this many times ``batch-seconds`` before its worker stops
+#: it and hands back the rest: room for items slower than the measured mean,
+#: without splitting every batch that runs a little long.
+BUDGET_FACTOR = 2.0
+#: Work worth less than this is not split over threads: a Dask task costs a few
+#: milliseconds itself.
+MIN_TASK_SECONDS = 0.01
 
 
 class BatchSizer:
@@ -40,6 +47,11 @@ class BatchSizer:
         self.max_items_by_bytes = max(1, int(max_bytes // max(bytes_per_item, 1.0)))
         self.seconds_per_item: float | None = None
         self.largest = 1
+
+    @property
+    def budget(self) -> float:
+        """Seconds of calls after which a worker stops a batch (see ``run_batch``)."""
+        return self.target_seconds * BUDGET_FACTOR
 
     def record(self, count: int, busy_seconds: float) -> None:
         """Learn from a finished batch: ``count`` items took ``busy_seconds`` of calls."""
@@ -64,12 +76,18 @@ class BatchSizer:
         if remaining <= 0:
             return 0
         if self.seconds_per_item is None:
-            size = 1  # nothing measured yet: a slow function must not be bundled
+            size = remaining  # nothing measured yet: the worker's budget bounds it
         else:
             wanted = self.target_seconds / max(self.seconds_per_item, 1e-7)
-            size = max(1, min(int(wanted), self.largest * GROWTH))
-        # Leave work for every thread to the end, so none idles while one finishes.
-        size = min(size, math.ceil(remaining / self.slots), self.max_items_by_bytes)
+            size = max(1, int(wanted))
+        # Leave work for every thread to the end, so none idles while one finishes;
+        # but a share worth less than a task's own cost (a trivial map's last
+        # few hundred items) goes in one task, not in a tail of ever smaller ones.
+        share = math.ceil(remaining / self.slots)
+        if self.seconds_per_item is not None:
+            worth = math.ceil(MIN_TASK_SECONDS / max(self.seconds_per_item, 1e-9))
+            share = min(remaining, max(share, worth))
+        size = min(size, share, self.max_items_by_bytes)
         self.largest = max(self.largest, size)
         return max(1, size)
 

@@ -34,6 +34,34 @@ def _strip_plumbing(exc: BaseException) -> BaseException:
     return rebuild(exc)
 
 
+class Arrival:
+    """A result blob that may arrive ahead of the backend's future (a Dask job's
+    small result comes with the news of its end: ``backends.dask.pushed``)."""
+
+    def __init__(self) -> None:
+        self.blob: Any = None
+        self._lock = threading.Lock()
+        self._waiters: list[threading.Event] = []
+
+    def set(self, blob: Any) -> None:
+        """The result is here (the first one counts; a rerun may send it again)."""
+        with self._lock:
+            if self.blob is not None or blob is None:
+                return
+            self.blob = blob
+            waiters, self._waiters = self._waiters, []
+        for event in waiters:
+            event.set()
+
+    def notify(self, event: threading.Event) -> None:
+        """Set ``event`` when the result arrives (at once if it has)."""
+        with self._lock:
+            if self.blob is None:
+                self._waiters.append(event)
+                return
+        event.set()
+
+
 @dataclass(frozen=True)
 class JobSnapshot:
     """A handle's state at one moment, read without blocking (see ``JobFuture.snapshot``)."""
@@ -63,6 +91,9 @@ class JobFuture:
     translate
         The backend's reading of its own failures (e.g. Dask's ``KilledWorker``
         as a ``WorkerCrashError``): an exception to raise instead, or None.
+    arrival
+        Where the result blob lands if it comes ahead of ``inner`` (``Arrival``);
+        then the handle is done and answers without asking the backend.
     """
 
     def __init__(
@@ -73,8 +104,10 @@ class JobFuture:
         keep: tuple = (),
         canceller: Callable[[list[JobFuture]], None] | None = None,
         translate: Callable[[BaseException, JobFuture], BaseException | None] | None = None,
+        arrival: Arrival | None = None,
     ) -> None:
         self._inner = inner
+        self._arrival = arrival
         self.name = name
         self.key = key
         self._keep = keep
@@ -93,6 +126,8 @@ class JobFuture:
         """One of ``pending``, ``running``, ``finished``, ``error``, ``cancelled``."""
         if self._error is not None:
             return "error"
+        if self._arrived() is not None:
+            return "finished"
         inner = self._inner
         status = getattr(inner, "status", None)
         if isinstance(status, str):
@@ -110,7 +145,19 @@ class JobFuture:
 
     def done(self) -> bool:
         """True when the job finished, failed or was cancelled."""
-        return self._inner.done()
+        return self._arrived() is not None or self._inner.done()
+
+    def _arrived(self) -> Any:
+        arrival = self._arrival
+        return None if arrival is None else arrival.blob
+
+    def notify_done(self, event: threading.Event) -> None:
+        """Set ``event`` as soon as the job is done: when its result arrives ahead of
+        the backend's future, or when that future is done. For waits; ``event.set``
+        may run on the backend's event loop."""
+        if self._arrival is not None:
+            self._arrival.notify(event)
+        self._inner.add_done_callback(lambda _: event.set())
 
     def cancelled(self) -> bool:
         return self.status == "cancelled"
@@ -141,7 +188,9 @@ class JobFuture:
         if self._value is not _NOT_YET or self._error is not None:
             return
         try:
-            blob = self._inner.result(timeout=timeout)
+            blob = self._arrived()
+            if blob is None:
+                blob = self._inner.result(timeout=timeout)
         except KeyboardInterrupt:
             self.cancel()
             raise
@@ -176,6 +225,9 @@ class JobFuture:
         """
         __tracebackhide__ = True
         if self._error is None:
+            arrived = self._arrived()
+            if arrived is not None:
+                return arrived
             try:
                 return self._inner.result(timeout=timeout)
             except TimeoutError:
@@ -304,6 +356,8 @@ def settle_many(handles: list[JobFuture]) -> None:
         inner = handle._inner
         client = getattr(inner, "client", None)  # distributed.Future only
         if handle._value is not _NOT_YET or handle._error is not None or client is None:
+            continue
+        if handle._arrived() is not None:  # here already: result() reads it
             continue
         if getattr(inner, "status", None) == "finished":
             groups.setdefault(id(client), (client, {}))[1][id(handle)] = handle

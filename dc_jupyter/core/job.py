@@ -213,7 +213,11 @@ def wait_or_cancel(
     __tracebackhide__ = True
     finished = threading.Event()
     # Woken by the handle itself, not by polling: no latency added to short calls.
-    handle.add_done_callback(lambda _: finished.set())
+    notify = getattr(handle, "notify_done", None)  # a job: also by a result that came early
+    if notify is not None:
+        notify(finished)
+    else:
+        handle.add_done_callback(lambda _: finished.set())
     try:
         # A bad frozen-worker setting raises in here: the work is cancelled too.
         done = frozen.wait(finished, [handle], timeout)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ctypes
+import functools
 import io
 import sys
 import threading
@@ -405,13 +406,15 @@ def dump_result(result, name: str) -> bytes:
         ) from None
 
 
-def run_job(payload: bytes, *dep_blobs: bytes, route: tuple = ()) -> bytes:
+def run_job(payload: bytes, *dep_blobs: bytes, route: tuple = (), push: tuple = ()) -> bytes:
     """Run one call on a worker and return its pickled result.
 
     Whatever the user's code raises is made safe to send first (``sendable``):
     Dask would shut the worker down on ``SystemExit``, and hang on a traceback
     thousands of frames deep. ``route``: ``(ident, part, attempt)`` of the job
     that sent this call from its worker, whose cell shows its output.
+    ``push``: ``(topic, max_bytes)``: a result up to that size is also sent
+    to the notebook at once as an event on ``topic`` (``push_result``).
     """
     error = None
     ident, part, attempt = route or (None, 0, "")
@@ -425,9 +428,36 @@ def run_job(payload: bytes, *dep_blobs: bytes, route: tuple = ()) -> bytes:
             note_first_lines(exc)
             error = sendable(exc)
         else:
-            return dump_result(result, name)
+            blob = dump_result(result, name)
+    if error is None:
+        if push:  # after the output's last event, which must arrive first
+            push_result(blob, *push)
+        return blob
     # Raised outside the except block, so the wrapper does not chain the original.
     raise error
+
+
+def push_result(blob: bytes, topic: str, max_bytes: int) -> None:
+    """Send a small result to the notebook ahead of Dask's own way back.
+
+    Dask tells the client that a task finished, and the client then asks for
+    the result: two more round trips (through the scheduler, or to the
+    worker). An event logged here travels worker -> scheduler -> client on the
+    same ordered streams as the "finished" message, ahead of it, so the
+    notebook has the value as soon as it hears of the end. The result stays
+    on the worker as well (later work may depend on it) until released.
+    """
+    if len(blob) > max_bytes:
+        return
+    key = _current_key()
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    if key is not None:
+        worker.log_event(topic, {"key": key, "result": blob})
 
 
 # -- errors the user's code raises ---------------------------------------------------
@@ -719,14 +749,26 @@ def _portable_error(exc: BaseException) -> BaseException:
         ).with_traceback(exc.__traceback__)
 
 
-def run_batch(function_blob: bytes, items_blob: bytes, *scattered, item_retries: int = 0) -> bytes:
+def run_batch(
+    function_blob: bytes,
+    items_blob: bytes,
+    *scattered,
+    item_retries: int = 0,
+    budget: float | None = None,
+    single: bool = False,
+) -> bytes:
     """Run one batch of a map: the function once per item, errors kept per item.
 
     An item that raises is run again, right here, up to ``item_retries`` times
-    (``retries=`` of the map) before its error counts.
+    (``retries=`` of the map) before its error counts. With ``budget``
+    (seconds), the batch stops after the item that used it up and sends back
+    the results so far; ``meta["count"]`` says how many items ran, and the
+    notebook sends the rest again. So a first batch can be large without
+    knowing how long an item takes: a trivial function gets through all of
+    it, a slow one runs a few items and hands the others back.
 
     ``function_blob`` is the function pickled once per map; ``items_blob`` a
-    pickled list of argument tuples, where ``Dep(i)`` placeholders stand for
+    pickled list of argument tuples (with ``single``: of single arguments), where ``Dep(i)`` placeholders stand for
     ``scattered[i]``. Returns ONE blob for the whole batch (Dask would otherwise
     send a list result element by element): ``(values, errors, meta)`` where
     ``errors`` maps a position in the batch to its exception, and ``meta`` says
@@ -751,9 +793,13 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered, item_retries:
         inside_job(),
         output.forwarding(limit=output.BATCH_LIMIT) as forwarding,
     ):
-        _run_items(func, items, values, errors, forwarding, item_retries)
+        run = functools.partial(
+            _run_items, func, items, values, errors, forwarding, item_retries, single
+        )
+        ran = _run_within(run, len(items), budget)
     busy = time.perf_counter() - clock
-    meta = {"worker": _where(), "started": started, "busy": busy, "count": len(items)}
+    del values[ran:]
+    meta = {"worker": _where(), "started": started, "busy": busy, "count": ran}
     try:
         return cloudpickle.dumps((values, errors, meta), protocol=PICKLE_PROTOCOL)
     except Exception:
@@ -771,8 +817,38 @@ def run_batch(function_blob: bytes, items_blob: bytes, *scattered, item_retries:
     return cloudpickle.dumps((values, errors, meta), protocol=PICKLE_PROTOCOL)
 
 
-def _run_items(func, items, values, errors, forwarding, item_retries: int) -> None:
-    """Call ``func(*args)`` for every item into ``values``; failures go to ``errors``.
+def _run_within(run, count: int, budget) -> int:
+    """``run(start, stop)`` (``_run_items``) over the batch's ``count`` items, within ``budget`` seconds (None: no limit):
+    no item is started that would, at the mean rate so far, end past it.
+    Returns how many items ran (at least one).
+
+    The clock is read between runs of items, not per item: each run takes
+    about half the time left at the rate measured so far, so a trivial
+    function pays for a handful of clock reads per batch.
+    """
+    if budget is None:
+        run(0, count)
+        return count
+    clock = time.perf_counter()
+    deadline = clock + budget
+    done, step = 0, 1
+    while done < count:
+        stop = min(count, done + step)
+        run(done, stop)
+        done = stop
+        now = time.perf_counter()
+        fit = (deadline - now) / max((now - clock) / done, 1e-9)  # items that fit in what is left
+        if fit < 1:
+            break
+        step = max(1, int(fit / 2))
+    return done
+
+
+def _run_items(
+    func, items, values, errors, forwarding, item_retries: int, single: bool, start, stop
+) -> None:
+    """Call ``func(*args)`` (``single``: ``func(item)``) for items ``start:stop`` into
+    ``values``; failures go to ``errors``.
 
     The loop is the whole cost of a map of a trivial function (it was ~3 us an
     item with a retry loop, a lock and an import per item; ~0.3 us now): per
@@ -783,12 +859,12 @@ def _run_items(func, items, values, errors, forwarding, item_retries: int) -> No
     # The object whose ``part`` the output of this thread is marked with.
     marker = forwarding.forwarder if forwarding.forwarder is not None else forwarding
     coroutine = types.CoroutineType
-    position, count = 0, len(items)
+    position, count = start, stop
     while position < count:
         try:
             for position in range(position, count):  # noqa: B020 - resumed after a failure
                 marker.part = position
-                value = func(*items[position])
+                value = func(items[position]) if single else func(*items[position])
                 if type(value) is coroutine:
                     value = run_coroutine(value)
                 values[position] = value
@@ -797,7 +873,8 @@ def _run_items(func, items, values, errors, forwarding, item_retries: int) -> No
         except BaseException as exc:  # SystemExit & co. fail their item only
             if _is_interrupt(exc):
                 raise
-            _run_one(func, items[position], position, values, errors, exc, item_retries, forwarding)
+            args = (items[position],) if single else items[position]
+            _run_one(func, args, position, values, errors, exc, item_retries, forwarding)
             position += 1
     forwarding.part = max(0, position - 1)
 

@@ -52,25 +52,29 @@ class InstallOnScheduler(SchedulerPlugin):
 
 
 class ForgetOutputEvents(SchedulerPlugin):
-    """Drops the output events of ``topic`` from the scheduler's log once passed on.
+    """Drops the events of ``topic`` (or of every topic starting with it, with
+    ``prefix``) from the scheduler's log once passed on.
 
     Dask keeps every event it relays (``client.get_events``): a cell printing
-    50 MB would leave 50 MB there, readable by any client. The scheduler calls
-    this hook right after sending the event to its subscribers.
+    50 MB would leave 50 MB there, readable by any client, and so would every
+    result pushed back to a notebook. The scheduler calls this hook right
+    after sending the event to its subscribers.
     """
 
     idempotent = True
 
-    def __init__(self, topic: str) -> None:
+    def __init__(self, topic: str, prefix: bool = False) -> None:
         self.name = f"forget-{topic}"
         self.topic = topic
+        self.prefix = prefix
         self.scheduler = None
 
     async def start(self, scheduler) -> None:
         self.scheduler = scheduler
 
     def log_event(self, topic: str, msg) -> None:
-        if topic == self.topic and self.scheduler is not None:
+        ours = topic.startswith(self.topic) if self.prefix else topic == self.topic
+        if ours and self.scheduler is not None:
             broker = getattr(self.scheduler, "_broker", None)  # distributed >= 2024.2
             if broker is not None:
                 broker.truncate(topic)

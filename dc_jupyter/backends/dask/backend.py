@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import logging
 import time
 import uuid
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dc_jupyter import config
 from dc_jupyter.backends.base import Backend, BatchChannel, Entry, Pending
-from dc_jupyter.backends.dask import connection, install, modules, versions
+from dc_jupyter.backends.dask import connection, install, modules, pushed, versions
 from dc_jupyter.backends.dask.errors import translate_backend_error
 from dc_jupyter.core import output
 from dc_jupyter.core.futures import JobFuture
@@ -30,15 +29,7 @@ if TYPE_CHECKING:
 
 def scatter_threshold() -> int:
     """``dc_jupyter.scatter-threshold`` in bytes."""
-    return _in_bytes(config.get("scatter-threshold", "1 MB"))
-
-
-@functools.lru_cache(maxsize=16)
-def _in_bytes(value: Any) -> int:
-    # Parsed once per setting, not on every call (two per job).
-    from dask.utils import parse_bytes
-
-    return parse_bytes(value) if isinstance(value, str) else int(value)
+    return config.in_bytes(config.get("scatter-threshold", "1 MB"))
 
 
 def _scatter(client: Any, value: Any, key: str) -> Any:
@@ -264,11 +255,13 @@ class DaskBackend(Backend):
                 args.append(value)
         module = install.installed_on(client)
         listener = output.open_output(client, job.key)  # before the task can print
+        arrival, push = pushed.expect(client, job.key)  # before it can finish
         try:
             future = client.submit(
                 module.run_job,
                 payload,
                 *args,
+                push=push,
                 key=job.key,
                 pure=False,
                 retries=opts.retries or None,
@@ -284,6 +277,7 @@ class DaskBackend(Backend):
             keep=(*inputs, *args),  # dependency handles (cancelled with it), scattered data
             canceller=canceller_for(client),
             translate=translate_backend_error,
+            arrival=arrival,
         )
         handle.output = listener
         # Finished by whoever takes the result (JobFuture.result, cells), else when
@@ -420,7 +414,7 @@ class _DaskBatches(BatchChannel):
                 self.shared.append(self.function_ref)
         return self.function_ref
 
-    def send(self, items_blob: bytes, key: str) -> Any:
+    def send(self, items_blob: bytes, key: str, budget: float | None = None) -> Any:
         function = self._function(key)
         items: Any = items_blob
         if len(items_blob) > self.threshold:
@@ -432,6 +426,8 @@ class _DaskBatches(BatchChannel):
             function,
             items,
             item_retries=self.retries,
+            budget=budget,
+            single=self.single,
             key=key,
             pure=False,
             retries=opts.retries or None,

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from dc_jupyter.backends.dask import bounded, connection, versions
+from dc_jupyter.backends.dask import bounded, connection, pushed, versions
 from dc_jupyter.remote import job as remote_job
 from dc_jupyter.remote import output as remote_output
 from dc_jupyter.remote import plugins
@@ -87,6 +87,8 @@ def _install(client: Any) -> None:
     client.register_plugin(plugins.InstallOnWorkers(MODULE_NAME, _SOURCE))
     # Output events are forgotten by the scheduler once passed on.
     client.register_plugin(plugins.ForgetOutputEvents(remote_output.OUTPUT_TOPIC))
+    # ... and so are the small results pushed back with their task's end.
+    client.register_plugin(plugins.ForgetOutputEvents(pushed.TOPIC_PREFIX, prefix=True))
     # Only workers with our versions, now and joining later, get work
     # (registered even with check-versions off, so turning it on works).
     for gate in versions.gate_plugins():
