@@ -12,6 +12,7 @@ can use them. Not for running cells
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ class CellFuture(JobFuture):
             keep=handle._keep,
             canceller=handle._canceller,
             translate=handle._translate,
+            arrival=handle._arrival,
         )
         cell.submitted_at = handle.submitted_at
         cell.label = label
@@ -97,7 +99,12 @@ class CellFuture(JobFuture):
         rest come back. None when that is not possible (not on Dask).
         """
         client = getattr(self._inner, "client", None)
-        if client is None or getattr(self._inner, "status", None) != "finished":
+        if client is None:
+            return None
+        # The outcome may have come ahead of Dask's word that the task is done.
+        with contextlib.suppress(Exception):
+            self._inner.exception(timeout=60)
+        if getattr(self._inner, "status", None) != "finished":
             return None
         from dc_jupyter.backends.dask import install
         from dc_jupyter.backends.dask.backend import task_resources
