@@ -200,18 +200,28 @@ def big_map(emb: Any, rc: Any, n: int, rounds: int) -> dict:
 
 
 def scaling(n_workers: int, per_worker: int) -> dict:
-    """50 ms functions on n_workers one-thread workers: throughput against perfect."""
-    sleeper = compute_this(make_sleeper())
+    """50 ms functions on n_workers one-thread workers: throughput against perfect,
+    and bare Dask's ``client.map`` of the same calls on the same cluster."""
+    from distributed import Client
+
+    raw = make_sleeper()
+    sleeper = compute_this(raw)
+    items = per_worker * n_workers
     with ProcessCluster(n_workers=n_workers) as cluster:
         try:
             dc_jupyter.connect(cluster.address)
             sleeper.map(range(n_workers), [0.0] * n_workers).compute()  # warm up
-            items = per_worker * n_workers
             seconds = _timed(lambda: sleeper.map(range(items), [0.05] * items).compute())
         finally:
             dc_jupyter.close()
+        with Client(cluster.address, set_as_default=False) as bare:
+            bare.gather(bare.map(raw, range(n_workers), [0.0] * n_workers, pure=False))
+            bare_seconds = _timed(
+                lambda: bare.gather(bare.map(raw, range(items), [0.05] * items, pure=False))
+            )
     ideal = items * 0.05 / n_workers
-    return {"seconds": seconds, "ideal_s": ideal, "efficiency": ideal / seconds, "items": items}
+    return {"seconds": seconds, "ideal_s": ideal, "efficiency": ideal / seconds, "items": items,
+            "bare_dask_seconds": bare_seconds, "bare_dask_efficiency": ideal / bare_seconds}  # fmt: skip
 
 
 def large_argument(address: str, megabytes: int, repeats: int) -> dict:
@@ -311,7 +321,8 @@ def print_table(report: dict, previous: dict | None) -> None:
         print(f"  scaling   failed: {sc['error']}")
         return
     print(f"  scaling   {sc['items']} x 50 ms on 8 workers: {sc['seconds']:.2f} s "
-          f"(ideal {sc['ideal_s']:.2f} s)")  # fmt: skip
+          f"(ideal {sc['ideal_s']:.2f} s); bare Dask client.map: {sc['bare_dask_seconds']:.2f} s "
+          f"(efficiency {sc['bare_dask_efficiency']:.2f})")  # fmt: skip
 
 
 def _previous(out: Path) -> dict | None:
