@@ -278,3 +278,35 @@ def test_compute_backend_local_runs_in_this_process():
     assert where(2).submit(backend="local").result()[:2] == (2, os.getpid())
     with pytest.raises(ValueError, match="Unknown backend 'nowhere'"):
         where(3).compute(backend="nowhere")
+
+
+@SLOW
+def test_workers_started_with_the_load_test_are_waited_for(tmp_path):
+    """`dask worker`s launched just before the load test have not joined yet: it waits
+    for them (said on stderr) instead of stopping with "has no workers"."""
+    cluster = ProcessCluster(n_workers=2, workdir=str(tmp_path / "cluster"))
+    try:
+        cluster.start_scheduler(timeout=120)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dc_jupyter.loadtest", "--scheduler-file",
+             str(cluster.scheduler_file), "--workers", "1,2", "--mode", "jobs", "--functions", "4",
+             "--durations", "0.01", "--latency-samples", "1", "--no-plots",
+             "--out", str(tmp_path / "results")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        seen = []  # workers start only once it waits: no race with its start-up
+        for line in proc.stderr:
+            seen.append(line)
+            if "waiting up to 60 s for workers to join" in line:
+                break
+        cluster.add_worker()
+        cluster.add_worker()
+        _out, err = proc.communicate(timeout=1100)
+        err = "".join(seen) + err
+    finally:
+        cluster.stop()
+    assert proc.returncode == 0, err
+    assert "(0 so far, 2 needed)" in err
+    rows = list(csv.DictReader(open(tmp_path / "results" / "loadtest.csv")))
+    assert [int(r["workers"]) for r in rows] == [1, 2]  # both workers, once joined

@@ -95,7 +95,7 @@ def run_load_test(config: LoadTestConfig, monitor: Monitor | None = None) -> Loa
     nthreads: dict[str, int] = {}
     if not target.existing:
         monitor.line("starting dask scheduler and dask worker processes on 127.0.0.1...")
-    client = target.start()
+    client = target.start(monitor.line)
     try:
         monitor.state, monitor.dashboard = _worker_states(client), _dashboard(client)
         monitor.line(f"load test on {target.where()}; dashboard: {monitor.dashboard}")

@@ -8,11 +8,18 @@ tasks are restricted to them with Dask's ``workers=``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dc_jupyter.backends.dask import connection
 from dc_jupyter.tools.cluster import ProcessCluster
+
+#: How long a load test on a running scheduler waits for workers still joining
+#: (``dask worker`` processes started just before it take seconds to register).
+WORKER_WAIT = 60.0
+#: ... and how long the set of workers must stay the same to count as complete.
+WORKERS_SETTLED = 2.0
 
 
 def _sorted_workers(client: Any) -> list[str]:
@@ -39,7 +46,7 @@ class OwnCluster:
         self.cluster = ProcessCluster(n_workers=self.counts[0])
         self.client: Any = None
 
-    def start(self) -> Any:
+    def start(self, say: Callable[[str], None] = print) -> Any:
         self.cluster.start(timeout=120)
         self.client = connection._open_client(self.cluster.address)
         connection.ensure_compatible(self.client)
@@ -82,7 +89,7 @@ class ExistingCluster:
         self.client: Any = None
         self.all_workers: list[str] = []
 
-    def start(self) -> Any:
+    def start(self, say: Callable[[str], None] = print) -> Any:
         if self.scheduler_file is not None:
             try:
                 with open(self.scheduler_file) as f:
@@ -95,6 +102,13 @@ class ExistingCluster:
         self.client = connection._open_client(self.address)
         connection.ensure_compatible(self.client)
         self.all_workers = _sorted_workers(self.client)
+        wanted = max(self.requested or [1])
+        if len(self.all_workers) < wanted:
+            say(
+                f"waiting up to {WORKER_WAIT:g} s for workers to join {self.address} "
+                f"({len(self.all_workers)} so far, {wanted} needed)..."
+            )
+            self.all_workers = self._wait_for_workers(wanted)
         if not self.all_workers:
             raise RuntimeError(
                 f"The scheduler at {self.address} has no workers; start some with "
@@ -107,6 +121,21 @@ class ExistingCluster:
                 f"has {len(self.all_workers)}; ask for at most {len(self.all_workers)}."
             )
         return self.client
+
+    def _wait_for_workers(self, wanted: int) -> list[str]:
+        """The workers once at least ``wanted`` have joined and no more came for
+        ``WORKERS_SETTLED`` seconds (workers started together join one by one),
+        or what there is after ``WORKER_WAIT`` seconds."""
+        deadline = time.monotonic() + WORKER_WAIT
+        seen, since = _sorted_workers(self.client), time.monotonic()
+        while time.monotonic() < deadline:
+            if len(seen) >= wanted and time.monotonic() - since >= WORKERS_SETTLED:
+                break
+            time.sleep(0.25)
+            now = _sorted_workers(self.client)
+            if now != seen:
+                seen, since = now, time.monotonic()
+        return seen
 
     def worker_counts(self) -> list[int]:
         return self.requested or powers_of_two(len(self.all_workers))
