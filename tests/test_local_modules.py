@@ -382,6 +382,31 @@ def test_singledispatch_helpers_in_functions_and_cells(shell):
     assert ok(shell, "use(7).compute()") == "int 7"
 
 
+def test_a_job_may_return_cached_and_singledispatch_functions(shell):
+    """Functions wrapped in the work itself come back: plain cloudpickle cannot send
+    a local lru_cache (it pickles by name) or a singledispatch (its cache)."""
+    ok(
+        shell,
+        "@compute_this\ndef make(k):\n    import functools\n"
+        "    @functools.lru_cache\n    def times(x):\n        return k * x\n"
+        "    @functools.singledispatch\n    def kind(x):\n        return 'thing'\n"
+        "    @kind.register\n    def _(x: int):\n        return 'int'\n"
+        "    return times, kind",
+    )
+    ok(shell, "times, kind = make(3).compute()")
+    assert ok(shell, "times(5), hasattr(times, 'cache_info'), kind(1), kind('a')") == (
+        15,
+        True,
+        "int",
+        "thing",
+    )
+    ok(shell, "pairs = make.map([2, 4]).compute()")
+    assert ok(shell, "[t(10) for t, _ in pairs], [k(1.5) for _, k in pairs]") == (
+        [20, 40],
+        ["thing", "thing"],
+    )
+
+
 def test_a_cached_helper_in_work_sent_from_inside_a_job(shell):
     ok(
         shell,

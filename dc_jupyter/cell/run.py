@@ -86,8 +86,8 @@ def run_cell(shell: Any, cell: str, options: CellOptions | None = None, header: 
         handle = CellFuture.adopt(inner, label, options.run_async, plan.analysis.has_result)
         output = getattr(inner, "output", None)
     else:
-        # One item per element; the map batches them like any map (one element
-        # per task until it has measured that they are quick).
+        # One item per element; the map batches them like any map (a batch's
+        # worker stops after its time budget, so slow elements run one per task).
         n = len(plan.elements)
         columns = [[a] * n for a in args] + [range(n), [options.map_name] * n, plan.elements]
         prefixes = [_element_prefix(options.map_name, e) for e in plan.elements]

@@ -395,7 +395,7 @@ def dumps_keeping_filenames(value, pickler=None) -> bytes:
 def dump_result(result, name: str) -> bytes:
     """Pickle a result to send back, or raise a TypeError that names its type."""
     try:
-        return cloudpickle.dumps(result, protocol=PICKLE_PROTOCOL)
+        return _dump_back(result)
     except Exception as exc:
         shown = type_name(result)
         raise TypeError(
@@ -404,6 +404,20 @@ def dump_result(result, name: str) -> bytes:
             "plain data instead (numbers, strings, lists, dicts, arrays), or convert it on the "
             "worker before returning."
         ) from None
+
+
+def _dump_back(value) -> bytes:
+    """cloudpickle ``value`` for the notebook; if that fails, with ``pickler_class``,
+    which also sends wrappers of functions defined in the work (``lru_cache``,
+    ``singledispatch``) by value. Only then: the fast path stays plain."""
+    try:
+        return cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+    except Exception:
+        try:
+            return dumps_keeping_filenames(value)
+        except Exception:
+            pass
+        raise
 
 
 def run_job(payload: bytes, *dep_blobs: bytes, route: tuple = (), push: tuple = ()) -> bytes:
@@ -801,7 +815,7 @@ def run_batch(
     del values[ran:]
     meta = {"worker": _where(), "started": started, "busy": busy, "count": ran}
     try:
-        return cloudpickle.dumps((values, errors, meta), protocol=PICKLE_PROTOCOL)
+        return _dump_back((values, errors, meta))
     except Exception:
         pass
     # Some value cannot be pickled: find it with the single-call machinery,
