@@ -41,6 +41,8 @@ _listeners: dict[str, Listener] = {}
 _subscribed: weakref.WeakSet = weakref.WeakSet()
 _queue: queue.SimpleQueue = queue.SimpleQueue()
 _writer: threading.Thread | None = None
+#: Seconds the writer thread waits for output before it ends (no thread left behind).
+WRITER_IDLE_SECONDS = 2.0
 
 
 def open_output(
@@ -252,18 +254,27 @@ class Listener:
 def _enqueue(listener: Listener, message: dict | None) -> None:
     global _writer
     _queue.put((listener, message))
-    if _writer is None or not _writer.is_alive():
-        with _lock:
-            if _writer is None or not _writer.is_alive():
-                _writer = threading.Thread(
-                    target=_write_loop, name="dc_jupyter-output-writer", daemon=True
-                )
-                _writer.start()
+    # Always under the lock: the writer decides to end under it too, so a message
+    # put while it ends is never left without a writer.
+    with _lock:
+        if _writer is None:
+            _writer = threading.Thread(
+                target=_write_loop, name="dc_jupyter-output-writer", daemon=True
+            )
+            _writer.start()
 
 
 def _write_loop() -> None:
+    global _writer
     while True:
-        listener, message = _queue.get()
+        try:
+            listener, message = _queue.get(timeout=WRITER_IDLE_SECONDS)
+        except queue.Empty:
+            with _lock:
+                if _queue.empty():  # idle: end, like the monitor; the next message starts one
+                    _writer = None
+                    return
+            continue
         try:
             listener.write(message)
         except Exception:  # a broken stream must not stop other work's output
