@@ -145,6 +145,28 @@ def test_notebook_keeps_final_state_as_static_html(tmp_path, cluster):
     assert not views, views
 
 
+def test_a_handle_that_ends_between_cells_is_drawn_final_by_the_next_cell(tmp_path, cluster):
+    # A pause between cells, as when a person reads before running the next one:
+    # the job ends while no cell runs, so the monitor thread draws it, as part of
+    # the cell that displayed it, which has ended (nbclient no longer listens to it).
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(source)
+        for source in (SETUP, "h = nap.map(range(2)).submit()\nh", "1 + 1")
+    ]
+    nb.cells[0].source += "\n@compute_this\ndef nap(x):\n    time.sleep(1)\n    return x\n"
+    client = NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    with client.setup_kernel(env={**os.environ, "DASK_SCHEDULER_ADDRESS": cluster.address}):
+        client.execute_cell(nb.cells[0], 0)
+        client.execute_cell(nb.cells[1], 1)
+        time.sleep(4)  # the two 1 s calls end in this pause
+        client.execute_cell(nb.cells[2], 2)
+    handle = final(nb.cells[1])
+    assert handle["text/plain"].startswith("nap.map: finished, 2/2 done"), handle
+
+
 # -- in this process: traffic, threads, fallbacks ----------------------------------
 
 

@@ -26,7 +26,11 @@ LOCATE_INTERVAL = 1.0
 
 
 class View(Protocol):
-    """Something the monitor refreshes until it says it has drawn its final state."""
+    """Something the monitor refreshes until it says it has drawn its final state.
+
+    A view may also have ``redraw_final()``: it is then called again at the end
+    of the next cell when this thread drew the final state (see ``refresh_done``).
+    """
 
     def refresh(self) -> bool:
         """Redraw from the handle; return True when the final state is drawn."""
@@ -39,6 +43,8 @@ class Monitor:
         self.interval = interval
         self.name = name
         self._views: list[View] = []
+        # Views this thread drew final, to draw once more at the end of the next cell.
+        self._drawn_here: list[View] = []
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -64,9 +70,21 @@ class Monitor:
         update sent from the cell's own thread belongs to that cell, so the
         front end and nbclient apply it before the cell ends, and a saved
         notebook never holds an older state than the last one drawn.
+
+        Views this thread drew final since the last cell ended are drawn once
+        more: ipykernel sends a background thread's update as part of the latest
+        cell, and one sent after that cell ended (before the next one began)
+        reaches a live front end but not nbclient, which listens to one cell at
+        a time; a notebook run headless would keep the unfinished text.
         """
         with self._lock:
             views = list(self._views)
+            drawn_here, self._drawn_here = self._drawn_here, []
+        for view in drawn_here:
+            try:
+                view.redraw_final()  # type: ignore[attr-defined]
+            except Exception:
+                logger.exception("dc_jupyter: drawing a final state failed")
         for view in views:
             handle = getattr(view, "handle", None)
             try:
@@ -96,7 +114,11 @@ class Monitor:
                     logger.exception("dc_jupyter: refreshing a live display failed")
                     finished = True
                 if finished:
-                    self.discard(view)
+                    with self._lock:
+                        if view in self._views:
+                            self._views.remove(view)
+                        if hasattr(view, "redraw_final"):
+                            self._drawn_here.append(view)
             # Fixed-rate ticks: a slow refresh does not add up to fewer than ~10/s.
             next_tick = max(next_tick + self.interval, time.monotonic())
             time.sleep(max(0.0, next_tick - time.monotonic()))

@@ -185,6 +185,12 @@ class LiveView:
         if not self.refresh():
             monitor.add(self)
 
+    def redraw_final(self) -> None:
+        """Send the final state's display update again (the monitor's, at a cell's end)."""
+        with self._lock:
+            if self.finished and self.state.finished and self._display is not None:
+                self._display.update(self._static(), raw=True)
+
     def abandon(self) -> None:
         """The kernel is stopping before the work ended: show that, statically."""
         with self._lock:
