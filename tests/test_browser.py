@@ -65,18 +65,29 @@ def fast(x):
 def partial(x):
     if x % 6 == 5:
         raise ValueError(x)
-    return x""",
+    return x
+
+@compute_this
+def chatty(n):
+    for i in range(n):
+        time.sleep(0.5)
+        print(f"late line {i}")
+    return n""",
     "square(3).compute()",
     "total = sum(square.map(range(30)).compute())\ntotal",
     "failures = partial.map(range(30)).compute(errors='return')\n"
     "sum(isinstance(f, ValueError) for f in failures)",
     "len(fast.map(range(2000)).compute())",
+    # Prints after its cell ended (nothing waits for it): shown in this cell.
+    "late = chatty(4).submit()\n'sent'",
     # Long enough (3,000 × 0.2 s on two threads) to still run while the page is
     # measured on a loaded machine; the test cancels it.
     "sweep = square.map(range(3000)).submit()\nsweep",
 ]
 #: Index of the cells above, as the page's prompts count them.
-MAP_CELL, FAST_CELL = 2, 4
+MAP_CELL, FAST_CELL, LATE_CELL = 2, 4, 5
+#: What the late cell shows once the job has printed everything.
+LATE_LINES = "".join(f"late line {i}\n" for i in range(4))
 
 
 def _browser_missing() -> str | None:
@@ -283,6 +294,11 @@ FINAL_JS = """() => [...document.querySelectorAll('.dcj-map, .dcj-job')].map(c =
 }))"""
 
 
+#: The text each cell's output area shows, in the order of the cells.
+OUTPUTS_JS = """() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].map(
+  c => c.querySelector('.jp-OutputArea')?.innerText ?? '')"""
+
+
 def _set_theme(page, name: str, light: bool) -> None:
     page.evaluate(f"() => window.jupyterapp.commands.execute('apputils:change-theme', "
                   f"{{theme: '{name}'}})")  # fmt: skip
@@ -352,6 +368,10 @@ def _run_session(lab: Lab, client, found: dict) -> None:
             page.locator(".dcj-map[data-state='cancelled']").wait_for(timeout=120_000)
             found["square tasks gone"] = _no_square_tasks_running(client)
             found["final"] = page.evaluate(FINAL_JS)
+
+            found["step"] = "reading the late output"
+            page.wait_for_function(f"() => ({OUTPUTS_JS})()[{LATE_CELL}].includes('late line 3')")
+            found["outputs"] = page.evaluate(OUTPUTS_JS)
 
             found["step"] = "saving and reopening"
             # Save as JupyterLab does by default, then reopen without running anything.
@@ -501,12 +521,21 @@ def test_cancel_stops_the_remote_work(session):
     assert sweep["segments"].get("cancelled", 0) >= 1
 
 
+def test_late_output_shows_in_the_cell_that_submitted_it(session):
+    # Printed by a job after its cell ended, while the kernel was idle: in that
+    # cell, in order, one line after another (not double-spaced), nowhere else.
+    outputs = session["outputs"]
+    assert LATE_LINES in outputs[LATE_CELL], outputs[LATE_CELL]
+    assert [i for i, text in enumerate(outputs) if "late line" in text] == [LATE_CELL], outputs
+
+
 def _assert_all_final(cards: list[dict], text: str) -> None:
     assert "Error displaying widget" not in text
     states = sorted(c["state"] for c in cards)
     # square(3), three maps finished or failed, and the cancelled sweep
     assert states == ["cancelled", "failed", "finished", "finished", "finished"], cards
     assert "→ 9" in text and "30/30 done" in text and "2,000/2,000 done" in text
+    assert LATE_LINES in text, "the late output was not kept"
 
 
 def test_reopened_notebook_shows_final_states(session):

@@ -298,3 +298,20 @@ def test_the_private_dask_hooks_we_rely_on_still_exist():
     assert {"resources", "used_resources", "versions"} <= set(WorkerState.__annotations__)
     assert "resources" in SchedulerState.__annotations__
     assert {"total_resources", "available_resources"} <= set(WorkerSideState.__annotations__)
+
+
+def test_late_output_is_laid_out_as_a_cell_shows_its_output():
+    from dc_jupyter.core.output import _bundle
+
+    # Printed text only: plain text, as any cell's prints (no HTML block per line).
+    assert _bundle([("stdout", "a\n"), ("stdout", "b\n")]) == {"text/plain": "a\nb\n"}
+    # With stderr and a rich display: one block per run of one stream, in order.
+    bundle = _bundle(
+        [("stdout", "a\n"), ("stdout", "b\n"), ("stderr", "oops\n"),
+         ("display", {"text/plain": "<B>", "text/html": "<b>B</b>"}), ("stdout", "c\n")]
+    )  # fmt: skip
+    assert bundle["text/plain"] == "a\nb\noops\n<B>\nc\n"
+    html = bundle["text/html"]
+    assert html.count("<pre") == 3 and ">a\nb\n</pre>" in html and ">oops\n</pre>" in html
+    assert html.index("oops") < html.index("<b>B</b>") < html.index(">c\n")
+    assert "error-background" in html.split("oops")[0].rsplit("<pre", 1)[1]

@@ -321,7 +321,7 @@ class _Target:
 
     def stream(self, name: str, text: str) -> None:
         if self.handle is not None:
-            self._keep(("stream", text))
+            self._keep(("stderr" if name == "stderr" else "stdout", text))
             return
         self._as_parent()
         stream = sys.stderr if name == "stderr" else sys.stdout
@@ -424,25 +424,44 @@ def _resend_updates(*_args: Any) -> None:
 
 
 def _bundle(parts: list[tuple[str, Any]]) -> dict:
-    """Text and rich outputs as one bundle: HTML for notebooks, text for the rest."""
-    texts, pieces = [], []
+    """Text and rich outputs as one display bundle, laid out as a cell shows them.
+
+    Consecutive text of one stream is one block (one line per ``<pre>`` showed
+    each print double-spaced in JupyterLab); printed text alone is plain text,
+    so it looks like any cell's printed output; rich outputs need HTML, where
+    stderr keeps the theme's error background.
+    """
+    runs: list[tuple[str, Any]] = []
     for kind, value in parts:
-        if kind == "stream":
-            texts.append(value)
-            pieces.append(f"<pre>{html.escape(value)}</pre>")
-            continue
-        texts.append(value.get("text/plain", "") + "\n")
-        if "text/html" in value:
-            pieces.append(value["text/html"])
-        elif "image/png" in value:
-            pieces.append(f'<img src="data:image/png;base64,{value["image/png"]}">')
-        elif "image/jpeg" in value:
-            pieces.append(f'<img src="data:image/jpeg;base64,{value["image/jpeg"]}">')
-        elif "image/svg+xml" in value:
-            pieces.append(value["image/svg+xml"])
+        if kind in _STREAMS and runs and runs[-1][0] == kind:
+            runs[-1] = (kind, runs[-1][1] + value)
         else:
-            pieces.append(f"<pre>{html.escape(value.get('text/plain', ''))}</pre>")
-    return {"text/plain": "".join(texts), "text/html": "".join(pieces)}
+            runs.append((kind, value))
+    text = "".join(v if k in _STREAMS else v.get("text/plain", "") + "\n" for k, v in runs)
+    if all(kind == "stdout" for kind, _ in runs):
+        return {"text/plain": text}
+    return {"text/plain": text, "text/html": "".join(_html_piece(k, v) for k, v in runs)}
+
+
+_STREAMS = ("stdout", "stderr")
+_PRE = "margin:0;padding:0 0 0.2em 0;white-space:pre-wrap"
+
+
+def _html_piece(kind: str, value: Any) -> str:
+    if kind == "stdout":
+        return f'<pre style="{_PRE}">{html.escape(value)}</pre>'
+    if kind == "stderr":
+        style = f"{_PRE};background:var(--jp-rendermime-error-background, transparent)"
+        return f'<pre style="{style}">{html.escape(value)}</pre>'
+    if "text/html" in value:
+        return value["text/html"]
+    if "image/png" in value:
+        return f'<img src="data:image/png;base64,{value["image/png"]}">'
+    if "image/jpeg" in value:
+        return f'<img src="data:image/jpeg;base64,{value["image/jpeg"]}">'
+    if "image/svg+xml" in value:
+        return value["image/svg+xml"]
+    return f'<pre style="{_PRE}">{html.escape(value.get("text/plain", ""))}</pre>'
 
 
 def _shell() -> Any:
