@@ -820,3 +820,16 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(
     )
     assert ok(1).compute(timeout=30) == 2  # and the next call works
     assert not [t.name for t in threading.enumerate() if t.name.startswith("dc_jupyter")]
+
+
+def test_a_client_that_fails_to_start_is_closed_at_once():
+    # Dask leaves a Client whose start failed half started, its IO loop running,
+    # until the garbage collector closes it, in whichever thread collects it:
+    # when that was the IO loop of the next client starting, that client's start
+    # failed after 10 s with a bare AssertionError (CI, after this very input).
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(ValueError, match="unknown address scheme 'foo'") as raised:
+        dc_jupyter.connect("foo://127.0.0.1:1")
+    # (``raised`` keeps the failed client's frames alive: nothing collects it yet.)
+    left = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert not left, f"a failed connect left {left} running ({raised.value!r})"

@@ -45,7 +45,6 @@ def _connect_timeout(timeout: float | str | None) -> float:
 
 def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any) -> Any:
     """A new ``distributed.Client``; an unreachable scheduler is a clear error."""
-    from distributed import Client
     from distributed.versions import VersionMismatchWarning
 
     seconds = _connect_timeout(timeout)
@@ -58,7 +57,7 @@ def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any)
             if config.get("check-versions", True):
                 # ensure_compatible() raises a clearer error for the same finding.
                 warnings.simplefilter("ignore", VersionMismatchWarning)
-            client = Client(target, timeout=f"{seconds}s", set_as_default=False, **kwargs)
+            client = new_client(target, timeout=f"{seconds}s", set_as_default=False, **kwargs)
     except _SilentPeer as exc:
         raise SchedulerUnreachableError(
             f"Something at {where!r} accepted the connection but did not answer as a Dask "
@@ -103,6 +102,32 @@ def _open_client(target: Any, timeout: float | str | None = None, **kwargs: Any)
             "unset DASK_SCHEDULER_ADDRESS to use the embedded local cluster."
         ) from exc
     return tune_for_interactive_use(client)
+
+
+def new_client(*args: Any, **kwargs: Any) -> Any:
+    """``distributed.Client(*args, **kwargs)``; one whose start fails is closed here.
+
+    Dask leaves such a client half started (its IO loop thread running) for the
+    garbage collector, whose finalizer closes it in whichever thread happens to
+    collect it, taking Dask's one lock for starting and stopping IO loops. When
+    that thread is the IO loop of the next client being started (which holds
+    that lock), both wait, and Dask gives up after 10 s with a bare
+    ``AssertionError``: a connect to ``foo://...`` made a later good one fail.
+    """
+    from distributed import Client
+
+    try:
+        return Client(*args, **kwargs)
+    except BaseException as exc:
+        # The half-started client is only reachable as ``self`` in its own frames.
+        tb = exc.__traceback__
+        while tb is not None:
+            half_started = tb.tb_frame.f_locals.get("self")
+            if isinstance(half_started, Client):
+                _close_quietly(half_started)
+                break
+            tb = tb.tb_next
+        raise
 
 
 def _probe_address(where: Any) -> str | None:
@@ -388,11 +413,9 @@ def _client_for_cluster(cluster: Any) -> Any:
         client = _by_address.get(address)
         if _usable(client):
             return client
-    from distributed import Client
-
     # Outside the lock, as in client_for_address: close() and other calls never
     # wait for a connect.
-    client = tune_for_interactive_use(Client(cluster, set_as_default=False))
+    client = tune_for_interactive_use(new_client(cluster, set_as_default=False))
     with _lock:
         other = _by_address.get(address)
         if not _usable(other):
@@ -412,7 +435,6 @@ def _embedded_client(n_workers: int | None) -> Any:
     made keeps its place.
     """
     global _local_cluster, _local_client
-    from distributed import Client
 
     if n_workers is None:
         n_workers = config.get("local.n-workers") or min(os.cpu_count() or 1, 4)
@@ -423,7 +445,7 @@ def _embedded_client(n_workers: int | None) -> Any:
         seconds = max(_connect_timeout(None), start_timeout or 0)  # it is starting
         # direct_to_workers: results come straight from the worker (one hop, not
         # client -> scheduler -> worker and back); the workers are ours, on loopback.
-        client = Client(
+        client = new_client(
             cluster,
             timeout=f"{seconds}s",
             set_as_default=not _has_default_client(),
