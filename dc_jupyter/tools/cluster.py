@@ -142,9 +142,9 @@ class ProcessCluster:
         return json.loads(self.scheduler_file.read_text())["address"]
 
     def wait_for_workers(self, n: int, timeout: float = 300) -> None:
-        from distributed import Client
+        from dc_jupyter.backends.dask.connection import new_client
 
-        with Client(scheduler_file=str(self.scheduler_file), timeout="30s") as client:
+        with new_client(scheduler_file=str(self.scheduler_file), timeout="30s") as client:
             client.wait_for_workers(n, timeout=timeout)
 
     def stop(self) -> None:
