@@ -145,7 +145,19 @@ def test_notebook_keeps_final_state_as_static_html(tmp_path, cluster):
     assert not views, views
 
 
-def test_a_handle_that_ends_between_cells_is_drawn_final_by_the_next_cell(tmp_path, cluster):
+def nap_running(dask_client) -> bool:
+    """Whether the session cluster still runs (or queues) some of ``nap.map``."""
+    return dask_client.run_on_scheduler(
+        lambda dask_scheduler: any(
+            str(key).startswith("nap-") and ts.state not in ("memory", "released", "forgotten")
+            for key, ts in dask_scheduler.tasks.items()
+        )
+    )
+
+
+def test_a_handle_that_ends_between_cells_is_drawn_final_by_the_next_cell(
+    tmp_path, cluster, client
+):
     # A pause between cells, as when a person reads before running the next one:
     # the job ends while no cell runs, so the monitor thread draws it, as part of
     # the cell that displayed it, which has ended (nbclient no longer listens to it).
@@ -155,14 +167,16 @@ def test_a_handle_that_ends_between_cells_is_drawn_final_by_the_next_cell(tmp_pa
         for source in (SETUP, "h = nap.map(range(2)).submit()\nh", "1 + 1")
     ]
     nb.cells[0].source += "\n@compute_this\ndef nap(x):\n    time.sleep(1)\n    return x\n"
-    client = NotebookClient(
+    runner = NotebookClient(
         nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
-    with client.setup_kernel(env={**os.environ, "DASK_SCHEDULER_ADDRESS": cluster.address}):
-        client.execute_cell(nb.cells[0], 0)
-        client.execute_cell(nb.cells[1], 1)
-        time.sleep(4)  # the two 1 s calls end in this pause
-        client.execute_cell(nb.cells[2], 2)
+    with runner.setup_kernel(env={**os.environ, "DASK_SCHEDULER_ADDRESS": cluster.address}):
+        runner.execute_cell(nb.cells[0], 0)
+        runner.execute_cell(nb.cells[1], 1)
+        time.sleep(2.5)  # the two 1 s calls end in this pause (waited for on a slow machine)
+        assert wait_until(lambda: not nap_running(client), timeout=60)
+        time.sleep(1.0)  # ~10 monitor ticks: it has drawn the final state by now
+        runner.execute_cell(nb.cells[2], 2)
     handle = final(nb.cells[1])
     assert handle["text/plain"].startswith("nap.map: finished, 2/2 done"), handle
 
