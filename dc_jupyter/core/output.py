@@ -22,6 +22,7 @@ reported at the end, with what workers dropped over their own cap.
 from __future__ import annotations
 
 import html
+import logging
 import queue
 import sys
 import threading
@@ -30,6 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dc_jupyter.remote.output import OUTPUT_TOPIC
+
+logger = logging.getLogger(__name__)
 
 #: Lines of one map shown in the notebook; the rest are counted, not shown.
 MAP_MAX_LINES = 1000
@@ -278,9 +281,7 @@ def _write_loop() -> None:
         try:
             listener.write(message)
         except Exception:  # a broken stream must not stop other work's output
-            import logging
-
-            logging.getLogger(__name__).exception("dc_jupyter: could not write output")
+            logger.exception("dc_jupyter: could not write output")
         if _queue.empty():
             for target in _Target.dirty():
                 target.flush()
@@ -354,11 +355,7 @@ class _Target:
         updater = threading.Thread(target=self._update)
         updater.start()
         updater.join()
-        # Sent while no cell ran, nobody applies it: sent again at the end of the
-        # next cell (``_resend``), with that cell as parent.
-        with _lock:
-            _resend.add(self)
-        _hook_resend(self.shell)
+        resend_at_next_cell(self._update, self.shell)
 
     def _update(self) -> None:
         self.handle.update(_bundle(list(self.parts)), raw=True)
@@ -399,28 +396,40 @@ def _msg_id(parent: Any) -> Any:
 
 
 #: Strong references: nothing else may hold an --async cell's target by then.
-_resend: set = set()
+_resend: set[Callable[[], Any]] = set()
 _hooked: weakref.WeakSet = weakref.WeakSet()
 
 
-def _hook_resend(shell: Any) -> None:
+def resend_at_next_cell(send: Callable[[], Any], shell: Any = None) -> None:
+    """Call ``send`` (a display update) again at the end of the next cell.
+
+    ipykernel sends a background thread's update with the latest cell as
+    parent: sent while no cell runs, it reaches a live front end, but nbclient
+    and nbconvert (which listen to the running cell only) drop it. Sent again
+    from the next cell's own thread, it belongs to that cell. Without an
+    IPython shell there are no cells: nothing is kept.
+    """
+    shell = shell if shell is not None else _shell()
+    if shell is None:
+        return
     with _lock:
-        if shell is None or shell in _hooked:
-            return
+        _resend.add(send)
+        hook = shell not in _hooked
         _hooked.add(shell)
-    shell.events.register("post_run_cell", _resend_updates)
+    if hook:
+        shell.events.register("post_run_cell", _resend_updates)
 
 
 def _resend_updates(*_args: Any) -> None:
     """``post_run_cell``: send the displays updated since the last cell again."""
     with _lock:
-        targets = list(_resend)
+        sends = list(_resend)
         _resend.clear()
-    for target in targets:
+    for send in sends:
         try:
-            target._update()
+            send()
         except Exception:  # a display problem must not break the notebook's cells
-            pass
+            logger.debug("dc_jupyter: could not send a display update again", exc_info=True)
 
 
 def _bundle(parts: list[tuple[str, Any]]) -> dict:

@@ -17,6 +17,8 @@ import threading
 import time
 from typing import Any, Protocol
 
+from dc_jupyter.core import output
+
 logger = logging.getLogger(__name__)
 
 #: Seconds between two refreshes of a view: about 10 updates a second.
@@ -28,8 +30,9 @@ LOCATE_INTERVAL = 1.0
 class View(Protocol):
     """Something the monitor refreshes until it says it has drawn its final state.
 
-    A view may also have ``redraw_final()``: it is then called again at the end
-    of the next cell when this thread drew the final state (see ``refresh_done``).
+    A view may also have ``redraw_final()``: when this thread drew the final
+    state, it is called again at the end of the next cell
+    (``output.resend_at_next_cell``), so nbclient and nbconvert get it too.
     """
 
     def refresh(self) -> bool:
@@ -43,8 +46,6 @@ class Monitor:
         self.interval = interval
         self.name = name
         self._views: list[View] = []
-        # Views this thread drew final, to draw once more at the end of the next cell.
-        self._drawn_here: list[View] = []
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -70,21 +71,9 @@ class Monitor:
         update sent from the cell's own thread belongs to that cell, so the
         front end and nbclient apply it before the cell ends, and a saved
         notebook never holds an older state than the last one drawn.
-
-        Views this thread drew final since the last cell ended are drawn once
-        more: ipykernel sends a background thread's update as part of the latest
-        cell, and one sent after that cell ended (before the next one began)
-        reaches a live front end but not nbclient, which listens to one cell at
-        a time; a notebook run headless would keep the unfinished text.
         """
         with self._lock:
             views = list(self._views)
-            drawn_here, self._drawn_here = self._drawn_here, []
-        for view in drawn_here:
-            try:
-                view.redraw_final()  # type: ignore[attr-defined]
-            except Exception:
-                logger.exception("dc_jupyter: drawing a final state failed")
         for view in views:
             handle = getattr(view, "handle", None)
             try:
@@ -114,11 +103,10 @@ class Monitor:
                     logger.exception("dc_jupyter: refreshing a live display failed")
                     finished = True
                 if finished:
-                    with self._lock:
-                        if view in self._views:
-                            self._views.remove(view)
-                        if hasattr(view, "redraw_final"):
-                            self._drawn_here.append(view)
+                    self.discard(view)
+                    redraw = getattr(view, "redraw_final", None)
+                    if redraw is not None:
+                        output.resend_at_next_cell(redraw)
             # Fixed-rate ticks: a slow refresh does not add up to fewer than ~10/s.
             next_tick = max(next_tick + self.interval, time.monotonic())
             time.sleep(max(0.0, next_tick - time.monotonic()))
