@@ -291,3 +291,25 @@ def test_budgets_in_process_and_errors_in_handed_back_items():
             assert isinstance(value, ValueError) and value.args == (i,)
         else:
             assert value == i
+
+
+def test_a_worker_that_joins_during_a_map_gets_its_share(tmp_path):
+    from conftest import process_cluster
+
+    with process_cluster(tmp_path, n_workers=2) as proc_cluster:
+
+        @compute_this(address=proc_cluster.address)
+        def slow(i):
+            time.sleep(0.25)
+            return i
+
+        handle = slow.map(range(120)).submit()  # 15 s of work on two workers
+        proc_cluster.add_worker()
+        proc_cluster.wait_for_workers(3, timeout=60)
+        left = handle.total - handle.progress().done
+        assert handle.result(timeout=120) == list(range(120))
+        # The map sends each batch to a worker it names: it must learn of the
+        # new one, which then takes about a third of what was left.
+        per_worker = handle.progress().per_worker
+        assert len(per_worker) == 3, per_worker
+        assert min(per_worker.values()) >= left / 6, (left, per_worker)

@@ -92,3 +92,33 @@ def test_only_the_client_that_sent_a_job_hears_its_result(cluster):
         assert secret(2).compute() == "secret 2"
         other.unsubscribe_topic(pushed.TOPIC_PREFIX)
     assert heard == []
+
+
+def _count_gathers(monkeypatch, client) -> list:
+    """Record each ``Client.gather`` the map's collector makes (a fetch from the
+    cluster); the real method still runs."""
+    calls: list = []
+    real = type(client).gather
+
+    def gather(self, *args, **kwargs):
+        calls.append(args)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(client), "gather", gather)
+    return calls
+
+
+def test_the_last_batches_of_a_map_come_with_their_end(cluster, client, monkeypatch):
+    @compute_this(address=cluster.address)
+    def square(x):
+        return x * x
+
+    assert square.map(range(4)).compute() == [0, 1, 4, 9]  # connect first
+    gathers = _count_gathers(monkeypatch, client)
+    # Few items: every batch is among the last, so none is fetched.
+    assert square.map(range(6)).compute() == [i * i for i in range(6)]
+    assert gathers == []
+    with dask.config.set({"dc_jupyter.push-results-below": 0}):
+        assert square.map(range(6)).compute() == [i * i for i in range(6)]
+    assert gathers  # switched off, they are fetched
+    assert wait_until(lambda: not _result_events(client), timeout=10)

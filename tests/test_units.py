@@ -315,3 +315,26 @@ def test_late_output_is_laid_out_as_a_cell_shows_its_output():
     assert html.count("<pre") == 3 and ">a\nb\n</pre>" in html and ">oops\n</pre>" in html
     assert html.index("oops") < html.index("<b>B</b>") < html.index(">c\n")
     assert "error-background" in html.split("oops")[0].rsplit("<pre", 1)[1]
+
+
+def test_placement_sends_to_the_worker_whose_queue_empties_first():
+    from dc_jupyter.core.placement import Placement
+
+    placement = Placement({"a": 1, "b": 2})
+    assert placement and placement.threads == 3
+    placement.sent("a", 1.0, now=0.0)
+    placement.sent("b", 1.0, now=0.0)  # two threads: half a second each
+    assert placement.least_loaded(now=0.0) == ("b", 0.5)
+    placement.sent("b", 1.0, now=0.0)
+    assert placement.least_loaded(now=0.2) == ("a", pytest.approx(0.8))
+    # "a" ended its batch early: its estimate starts again from what is left.
+    placement.finished("a", 1.0, now=0.3)
+    assert placement.least_loaded(now=0.3) == ("a", 0.0)
+    # A worker joins, one leaves; what ends on the departed one is ignored.
+    placement.update({"a": 1, "c": 1})
+    assert placement.threads == 2
+    placement.sent("a", 0.5, now=0.3)
+    assert placement.least_loaded(now=0.3) == ("c", 0.0)
+    placement.finished("b", 1.0, now=0.4)
+    # Backends that place work themselves name no workers: nothing to place.
+    assert not Placement({})

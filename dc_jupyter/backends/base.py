@@ -110,17 +110,30 @@ class BatchChannel:
     the blob of ``remote_job.run_batch``; ``close`` releases what the map shared.
     ``retries``: how often a failing item is run again before its error counts;
     ``budget``: seconds after which the batch stops and hands back the items it
-    did not reach (``remote_job.run_batch``).
+    did not reach (``remote_job.run_batch``); ``worker``: where the map would
+    like the batch to run (a hint; backends without ``workers`` ignore it);
+    ``last``: nothing is left to send after it, so its result should come back
+    as fast as possible (the end of the map waits for it).
     """
 
     #: Each item is its one argument, not a tuple of arguments (``MapJob.single``).
     single = False
+    #: Worker address -> threads, when the map may say where each batch goes
+    #: (``send(..., worker=)``, see ``core.placement``); empty: the backend places them.
+    workers: dict[str, int] = {}  # noqa: RUF012 - never mutated, replaced per channel
 
     def __init__(self, function_blob: bytes, retries: int = 0) -> None:
         self.function_blob = function_blob
         self.retries = retries
 
-    def send(self, items_blob: bytes, key: str, budget: float | None = None) -> Any:
+    def send(
+        self,
+        items_blob: bytes,
+        key: str,
+        budget: float | None = None,
+        worker: str | None = None,
+        last: bool = True,
+    ) -> Any:
         future: Future = Future()
         future.set_running_or_notify_cancel()
         try:
@@ -136,6 +149,12 @@ class BatchChannel:
         except Exception as exc:
             future.set_exception(exc)
         return future
+
+    def send_many(self, requests: list[tuple]) -> list[Any]:
+        """``send`` each of ``requests`` (its arguments, in order); one future each.
+
+        Backends where sending costs a round trip send them together."""
+        return [self.send(*request) for request in requests]
 
     def failure(self, exc: Exception, name: str, future: Any) -> Exception | None:
         """A clearer error for a batch that failed as a whole with ``exc``, or None.

@@ -41,7 +41,14 @@ class _ExecutorBatches(BatchChannel):
         super().__init__(function_blob, retries)
         self.executor = executor
 
-    def send(self, items_blob: bytes, key: str, budget: float | None = None) -> Future:
+    def send(
+        self,
+        items_blob: bytes,
+        key: str,
+        budget: float | None = None,
+        worker: str | None = None,
+        last: bool = True,
+    ) -> Future:
         return self.executor.submit(
             remote_job.run_batch,
             self.function_blob,

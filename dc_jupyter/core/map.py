@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import logging
@@ -19,6 +20,7 @@ from dc_jupyter.core import observe, output, pickling
 from dc_jupyter.core.batching import BatchSizer, check_items, pickle_plain, plain_item_bytes
 from dc_jupyter.core.futures import _strip_plumbing
 from dc_jupyter.core.job import contains_job, wait_or_cancel
+from dc_jupyter.core.placement import Placement
 from dc_jupyter.errors import SerializationError
 from dc_jupyter.remote import job as remote_job
 from dc_jupyter.remote import output as remote_output
@@ -121,7 +123,8 @@ class MapJob:
             self.items,
             name=self.name,
             channel=channel,
-            slots=backend.slots(),
+            # the channel that names its workers has asked the cluster already
+            slots=sum(channel.workers.values()) or backend.slots(),
             bytes_per_item=bytes_per_item,
             item_prefix=self.item_prefix,
             plain=self.plain,
@@ -245,6 +248,9 @@ class MapFuture:
         self._tasks_per_thread = int(config.get("map.tasks-per-thread", 3))
         self._queue_seconds = float(config.get("map.queue-seconds", 0.5))
         self._max_in_flight = self._slots * self._tasks_per_thread
+        # Where measured batches go (empty: the backend places them itself).
+        self._placement = Placement(getattr(channel, "workers", {}))
+        self._pinned: dict[int, tuple[str, float]] = {}  # batch -> (worker, seconds sent)
         self._token = uuid.uuid4().hex[:12]
         self._results: list[Any] = [None] * len(items)
         self._errors: dict[int, BaseException] = {}
@@ -292,8 +298,9 @@ class MapFuture:
         """How many tasks (batches) the items went out in so far."""
         return self._batches
 
-    def _plan(self) -> tuple[int, int, int] | None:
-        """Under the lock: the next batch to send, or None (enough in flight / none left)."""
+    def _plan(self) -> tuple[int, int, int, str | None, bool] | None:
+        """Under the lock: the next batch to send, the worker it is meant for and
+        whether it is among the last, or None (enough in flight / none left)."""
         self._max_in_flight = self._slots * self._sizer.tasks_per_thread(
             self._tasks_per_thread, self._queue_seconds
         )
@@ -304,7 +311,13 @@ class MapFuture:
             self._batches += 1
             self._in_flight[batch] = (start, size, None)
             self._alone_batch = batch
-            return batch, start, size
+            return batch, start, size, None, True
+        worker = None
+        per_item = self._sizer.seconds_per_item
+        if self._placement:
+            worker, backlog = self._placement.least_loaded()
+            if per_item is not None and backlog >= self._queue_seconds:
+                return None  # every worker has enough queued
         returned = sum(count for _, count in self._returned)
         size = self._sizer.next_size(returned + self.total - self._next)
         if not size:
@@ -322,7 +335,14 @@ class MapFuture:
             self._next += size
         self._batches += 1
         self._in_flight[batch] = (start, size, None)
-        return batch, start, size
+        if worker is not None:
+            # Before anything is measured a batch may run until its budget.
+            seconds = self._sizer.budget if per_item is None else size * per_item
+            self._pinned[batch] = (worker, seconds)
+            self._placement.sent(worker, seconds)
+        # Among the last: less than one more such batch per thread is left after it.
+        left = self.total - self._next + sum(count for _, count in self._returned)
+        return batch, start, size, worker, left <= self._slots * size
 
     def _pump(self) -> None:
         # Re-entrant by design: with the local backend a batch finishes inside
@@ -333,33 +353,57 @@ class MapFuture:
                 return
             self._pumping = True
         while True:
+            channel = self._channel
+            workers = channel.workers if channel is not None and self._placement else None
             with self._lock:
-                plan = self._plan()
-                if plan is None:
+                if workers:
+                    self._placement.update(workers)
+                    self._slots = self._sizer.slots = self._placement.threads
+                plans = []
+                # Where sending costs a round trip, all that is due goes together;
+                # in-process, a batch runs inside send(), so one at a time.
+                # At most one per thread in one message: the scheduler takes longer
+                # over a larger graph, and the first ones start later.
+                while (plan := self._plan()) is not None:
+                    plans.append(plan)
+                    if not self._fetch_together or len(plans) >= self._slots:
+                        break
+                if not plans:
                     if self._pump_again:
                         self._pump_again = False
                         continue
                     self._pumping = False
                     return
-            self._send(*plan)
+            self._send(plans)
 
-    def _send(self, batch: int, start: int, size: int) -> None:
-        key = f"{self.name}-map-{self._token}-{batch}"
+    def _send(self, plans: list[tuple[int, int, int, str | None, bool]]) -> None:
+        budget = self._sizer.budget
         try:
-            blob = self._dumps(self._items[start : start + size])
-            budget = self._sizer.budget
+            requests = [
+                (
+                    self._dumps(self._items[start : start + size]),
+                    f"{self.name}-map-{self._token}-{batch}",
+                    budget,
+                    worker,
+                    last,
+                )
+                for batch, start, size, worker, last in plans
+            ]
             if self._output is None:  # in-process: its lines are marked as it prints
+                start = plans[0][1]
                 with remote_output.prefixed_here(lambda position: self._prefix(start + position)):
-                    future = self._channel.send(blob, key, budget)
+                    futures = self._channel.send_many(requests)
             else:
-                future = self._channel.send(blob, key, budget)
+                futures = self._channel.send_many(requests)
         except Exception as exc:  # e.g. the connection closed meanwhile
-            self._settle(batch, error=self._batch_error(exc, None))
+            for batch, *_ in plans:
+                self._settle(batch, error=self._batch_error(exc, None))
             return
-        with self._lock:
-            if batch in self._in_flight:
-                self._in_flight[batch] = (start, size, future)
-        future.add_done_callback(lambda f: self._on_batch_done(batch, f))
+        for (batch, start, size, *_), future in zip(plans, futures, strict=True):
+            with self._lock:
+                if batch in self._in_flight:
+                    self._in_flight[batch] = (start, size, future)
+            future.add_done_callback(functools.partial(self._on_batch_done, batch))
 
     def _on_batch_done(self, batch: int, future: Any) -> None:
         if not self._fetch_together:
@@ -495,6 +539,9 @@ class MapFuture:
             # which would pin the batch's result on the cluster.
             start, count = entry[0], entry[1]
             entry = None
+            pinned = self._pinned.pop(batch, None)
+            if pinned is not None:
+                self._placement.finished(*pinned)
             if batch == self._alone_batch:
                 self._alone_batch = None
             if cancelled or self._stopped and error is not None:

@@ -770,6 +770,7 @@ def run_batch(
     item_retries: int = 0,
     budget: float | None = None,
     single: bool = False,
+    push: tuple = (),
 ) -> bytes:
     """Run one batch of a map: the function once per item, errors kept per item.
 
@@ -786,7 +787,7 @@ def run_batch(
     ``scattered[i]``. Returns ONE blob for the whole batch (Dask would otherwise
     send a list result element by element): ``(values, errors, meta)`` where
     ``errors`` maps a position in the batch to its exception, and ``meta`` says
-    where it ran and how long the calls took.
+    where it ran and how long the calls took. ``push``: as for ``run_job``.
     """
     import time
 
@@ -815,9 +816,13 @@ def run_batch(
     del values[ran:]
     meta = {"worker": _where(), "started": started, "busy": busy, "count": ran}
     try:
-        return _dump_back((values, errors, meta))
+        blob = _dump_back((values, errors, meta))
     except Exception:
         pass
+    else:
+        if push:  # after the output's last event, as in run_job
+            push_result(blob, *push)
+        return blob
     # Some value cannot be pickled: find it with the single-call machinery,
     # report it for its item only and send the others back.
     for position, value in enumerate(values):
