@@ -6,7 +6,8 @@ Starts, all on 127.0.0.1, with two one-thread workers each: dc_jupyter's
 embedded default cluster; an external ``dask scheduler`` + ``dask worker``
 cluster (``ProcessCluster``, Dask's default configuration) used by dc_jupyter
 and by a bare ``distributed.Client``; and, when installed (``pip install
--e .[bench]``), ipyparallel and Ray. Every measurement is the median of
+-e .[bench]``), ipyparallel and Ray; for scaling, external clusters of one and
+of eight workers. Every measurement is the median of
 several rounds, with the systems called in a shuffled order each round, so
 load from other processes hits them all alike. Prints the ratio table of
 issue 14 with its must/aim targets, and writes
