@@ -425,10 +425,18 @@ class _DaskBatches(BatchChannel):
         (the client refreshes it every 2 s), so joining workers get work too."""
         if not self.pin:
             return {}
-        info = connection.identity(self.client)
+        # Never a round trip to a scheduler that is gone (it could hang the map's
+        # collector): with no cached identity (Dask empties it on disconnect) or a
+        # failed listing, the last list stands, and Dask reroutes what is pinned.
+        info = connection.identity(self.client, fetch=False)
+        if not info or self.client.status != "running":
+            return self._workers
         seen = (info.get("n_workers", len(info.get("workers", ()))), info.get("total_threads"))
         if seen != self._workers_seen:
-            nthreads = self.client.nthreads()
+            try:
+                nthreads = self.client.nthreads()
+            except Exception:
+                return self._workers
             self._workers = {w: 1 if self._one_per_worker else n for w, n in nthreads.items()}
             self._workers_seen = seen
         return self._workers

@@ -501,13 +501,17 @@ def ensure_compatible(client: Any) -> None:
     _checked.add(client)
 
 
-def identity(client: Any) -> dict[str, Any]:
+def identity(client: Any, fetch: bool = True) -> dict[str, Any]:
     """The scheduler's identity (id, services, workers) as Dask cached it: no round trip.
 
     The one use of the private ``Client._scheduler_identity`` (guarded by
-    tests/test_units.py); ``client.scheduler_info()`` when it is missing.
+    tests/test_units.py); ``client.scheduler_info()`` when it is missing and
+    ``fetch``, else ``{}``.
     """
-    return getattr(client, "_scheduler_identity", None) or client.scheduler_info()
+    cached = getattr(client, "_scheduler_identity", None)
+    if cached or not fetch:
+        return cached or {}
+    return client.scheduler_info()
 
 
 def scheduler_info(client: Any) -> dict[str, Any]:
