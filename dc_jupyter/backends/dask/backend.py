@@ -387,6 +387,10 @@ class DaskBackend(Backend):
         return channel
 
 
+#: A map lists the cluster's workers again at least this often (seconds).
+RELIST_SECONDS = 5.0
+
+
 class _DaskBatches(BatchChannel):
     """One map's batches as Dask tasks; big blobs are scattered, not put in graphs.
 
@@ -417,12 +421,16 @@ class _DaskBatches(BatchChannel):
         self._one_per_worker = one_per_worker()
         self._workers: dict[str, int] = {}
         self._workers_seen: Any = None  # the scheduler's worker count when last listed
+        self._listed_at = 0.0
 
     @property
     def workers(self) -> dict[str, int]:  # type: ignore[override]
         """Worker -> threads (one each with ``one-per-worker``) the map may send
-        batches to; listed again only when Dask's cached count of workers changes
-        (the client refreshes it every 2 s), so joining workers get work too."""
+        batches to: those holding every resource its tasks need (the version
+        gate's: a loose pin would let Dask run a task on a worker without it).
+        Listed again when Dask's cached count of workers changes (the client
+        refreshes it every 2 s) or every ``RELIST_SECONDS`` (a joining worker
+        gets the gate's resource a moment after it joins)."""
         if not self.pin:
             return {}
         # Never a round trip to a scheduler that is gone (it could hang the map's
@@ -432,13 +440,19 @@ class _DaskBatches(BatchChannel):
         if not info or self.client.status != "running":
             return self._workers
         seen = (info.get("n_workers", len(info.get("workers", ()))), info.get("total_threads"))
-        if seen != self._workers_seen:
+        now = time.monotonic()
+        if seen != self._workers_seen or now - self._listed_at > RELIST_SECONDS:
             try:
-                nthreads = self.client.nthreads()
+                listed = connection.scheduler_info(self.client)["workers"]
             except Exception:
                 return self._workers
-            self._workers = {w: 1 if self._one_per_worker else n for w, n in nthreads.items()}
-            self._workers_seen = seen
+            needed = self.restrictions.get("resources") or {}
+            self._workers = {
+                address: 1 if self._one_per_worker else worker.get("nthreads", 1)
+                for address, worker in listed.items()
+                if all(worker.get("resources", {}).get(r, 0) >= n for r, n in needed.items())
+            }
+            self._workers_seen, self._listed_at = seen, now
         return self._workers
 
     def _function(self, key: str) -> Any:
