@@ -318,8 +318,8 @@ class MapFuture:
             worker, backlog = self._placement.least_loaded()
             if per_item is not None and backlog >= self._queue_seconds:
                 return None  # every worker has enough queued
-        returned = sum(count for _, count in self._returned)
-        size = self._sizer.next_size(returned + self.total - self._next)
+        remaining = sum(count for _, count in self._returned) + self.total - self._next
+        size = self._sizer.next_size(remaining)
         if not size:
             return None
         batch = self._batches
@@ -341,8 +341,7 @@ class MapFuture:
             self._pinned[batch] = (worker, seconds)
             self._placement.sent(worker, seconds)
         # Among the last: less than one more such batch per thread is left after it.
-        left = self.total - self._next + sum(count for _, count in self._returned)
-        return batch, start, size, worker, left <= self._slots * size
+        return batch, start, size, worker, remaining - size <= self._slots * size
 
     def _pump(self) -> None:
         # Re-entrant by design: with the local backend a batch finishes inside

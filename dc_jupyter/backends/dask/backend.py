@@ -478,34 +478,34 @@ class _DaskBatches(BatchChannel):
         message, one wake-up of the client's event loop: ~1.5 ms of the
         notebook's time each otherwise, as long as the first tasks' start on 8
         workers); each is pinned to its worker by its own graph layer."""
-        layers: dict[str, Any] = {}
-        keys: list[str] = []
+        inline: list[tuple[str, tuple, dict[str, Any]]] = []  # (key, task, pin)
         futures: dict[str, Any] = {}
         for items_blob, key, budget, worker, last in requests:
             function = self._function(key)
-            call = self._call(key, budget, last)
+            task = (self._call(key, budget, last), function, items_blob)
             pin = {} if worker is None else {"workers": [worker], "allow_other_workers": True}
-            keys.append(key)
             if isinstance(function, bytes) and len(items_blob) <= self.threshold:
-                layers[key] = MaterializedLayer({key: (call, function, items_blob)}, pin or None)
+                inline.append((key, task, pin))
                 continue
-            items: Any = items_blob
             if len(items_blob) > self.threshold:
-                items = _scatter(self.client, items_blob, f"{key}-items")
-                self.shared.append(items)
-            futures[key] = self._submit(call, function, items, key=key, **pin)
-        if len(layers) == 1 and not futures:  # one batch: a plain submit is cheaper
-            ((key, layer),) = layers.items()
-            ((call, function, items),) = layer.mapping.values()
-            futures[key] = self._submit(call, function, items, key=key, **(layer.annotations or {}))
-        elif layers:
+                task = (*task[:2], _scatter(self.client, items_blob, f"{key}-items"))
+                self.shared.append(task[2])
+            futures[key] = self._submit(*task, key=key, **pin)
+        if len(inline) == 1:  # one batch: a plain submit is cheaper than a graph
+            ((key, task, pin),) = inline
+            futures[key] = self._submit(*task, key=key, **pin)
+        elif inline:
+            layers = {key: MaterializedLayer({key: task}, pin or None) for key, task, pin in inline}
             graph = HighLevelGraph(layers, {name: set() for name in layers})
-            opts = self.options
             got = self.client.get(
-                graph, list(layers), sync=False, retries=opts.retries or None, **self.restrictions
+                graph,
+                list(layers),
+                sync=False,
+                retries=self.options.retries or None,
+                **self.restrictions,
             )
             futures.update(zip(layers, got, strict=True))
-        return [futures[key] for key in keys]
+        return [futures[key] for _, key, *_ in requests]
 
     def _submit(self, call: Any, function: Any, items: Any, **kwargs: Any) -> Any:
         retries = self.options.retries or None
