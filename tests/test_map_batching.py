@@ -35,7 +35,7 @@ def test_many_tiny_items_are_batched_and_come_back_in_order(cluster):
 def test_slow_items_are_not_grouped_and_spread_over_workers(cluster):
     @compute_this(address=cluster.address)
     def slow(i):
-        time.sleep(0.3)  # over the 0.25 s of work a batch aims at
+        time.sleep(0.6)  # over the 0.5 s of work a batch aims at
         return i, os.getpid()
 
     handle = slow.map(range(12)).submit()
@@ -313,3 +313,26 @@ def test_a_worker_that_joins_during_a_map_gets_its_share(tmp_path):
         per_worker = handle.progress().per_worker
         assert len(per_worker) == 3, per_worker
         assert min(per_worker.values()) >= left / 6, (left, per_worker)
+
+
+def test_the_first_wave_gives_every_worker_as_many_items(tmp_path):
+    from conftest import process_cluster
+
+    with (
+        process_cluster(tmp_path, n_workers=4) as proc_cluster,
+        dask.config.set({"dc_jupyter.map.batch-seconds": 0.5}),  # budget 1 s: nothing handed back
+    ):
+
+        @compute_this(address=proc_cluster.address)
+        def sleepy(i):
+            time.sleep(0.05)
+            return i
+
+        sleepy.map(range(4)).compute()  # the workers have imported everything
+        handle = sleepy.map(range(80)).submit()
+        assert handle.result(timeout=120) == list(range(80))
+        # All 80 items go out before any is measured, in 12 batches. Each took a
+        # quarter of what was left (20, 15, 12, ...), and the workers got 15 to
+        # 27 items each: the map took a third longer than it needed.
+        per_worker = sorted(handle.progress().per_worker.values())
+        assert len(per_worker) == 4 and per_worker[-1] - per_worker[0] <= 7, per_worker

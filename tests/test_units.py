@@ -24,11 +24,17 @@ def sizer(slots=4, target=0.05, max_bytes=1_000_000, bytes_per_item=10.0):
     return BatchSizer(slots, target, max_bytes=max_bytes, bytes_per_item=bytes_per_item)
 
 
-def test_the_first_batches_spread_the_items_then_follow_the_measured_time():
+def test_the_first_batches_split_the_items_evenly_then_follow_the_measured_time():
     s = sizer()
-    # nothing measured: as large as the threads' share allows (the worker's time
-    # budget stops a slow function), so a trivial map needs one or two waves
-    assert s.next_size(100_000) == 25_000
+    # nothing measured: the items are split evenly over the batches that may go
+    # out before anything is measured (the worker's time budget stops a slow
+    # function), so each worker gets as many and a trivial map needs one wave
+    sizes, left = [], 100_003
+    for waiting in range(12, 0, -1):
+        sizes.append(s.next_size(left, unmeasured_batches=waiting))
+        left -= sizes[-1]
+    assert left == 0 and max(sizes) - min(sizes) <= 1, sizes
+    assert s.next_size(100_000) == 25_000  # never more than a thread's share
     assert s.budget == pytest.approx(0.1)  # twice the 50 ms target
     s.record(1, 1e-6)  # 1 µs an item: 50 ms of work would be 50,000 items
     assert s.next_size(1_000_000) == 50_000
@@ -336,5 +342,9 @@ def test_placement_sends_to_the_worker_whose_queue_empties_first():
     placement.sent("a", 0.5, now=0.3)
     assert placement.least_loaded(now=0.3) == ("c", 0.0)
     placement.finished("b", 1.0, now=0.4)
+    # What was sent before anything was measured turns out shorter than guessed.
+    placement.sent("c", 1.0, now=0.4)
+    placement.revise("c", -0.7)
+    assert placement.least_loaded(now=0.4) == ("c", pytest.approx(0.3))
     # Backends that place work themselves name no workers: nothing to place.
     assert not Placement({})

@@ -3,13 +3,14 @@
 Not the dispatch itself (that is ``core.map.MapFuture``) and nothing Dask-specific:
 only the arithmetic of batch sizes and the pickling of items.
 
-Before anything is measured, batches are as large as the bytes allow (the
-items spread over every worker thread) and the worker stops each after a time
-budget (``remote.job.run_batch``), handing back the items it did not reach.
-So a trivial function gets through a map in one or two waves, and a slow one
-is never bundled beyond its budget. After that, batches are sized from the
-time the workers measured, towards ``batch-seconds`` of work per task: a
-trivial function gets thousands of items per task, a 50 ms one ~5. Near the
+Before anything is measured, the items are split evenly over the first
+batches (as many as go out before a result is back; bytes permitting) and the
+worker stops each after a time budget (``remote.job.run_batch``), handing
+back the items it did not reach. So a trivial function gets through a map in
+one wave, and a slow one is never bundled beyond its budget. After that,
+batches are sized from the time the workers measured, towards
+``batch-seconds`` of work per task: a trivial function gets thousands of
+items per task, a 50 ms one ~10. Near the
 end batches shrink again so every worker finishes at about the same time.
 """
 
@@ -71,22 +72,27 @@ class BatchSizer:
         per_batch = max(self.seconds_per_item * self.largest, 1e-3)
         return max(minimum, min(cap, math.ceil(queue_seconds / per_batch)))
 
-    def next_size(self, remaining: int) -> int:
-        """Items for the next batch, when ``remaining`` items are not sent yet."""
+    def next_size(self, remaining: int, unmeasured_batches: int | None = None) -> int:
+        """Items for the next batch, when ``remaining`` items are not sent yet.
+
+        Before anything is measured, the items are split evenly over the
+        ``unmeasured_batches`` that may still go out (default: one per thread;
+        the worker's budget bounds each): batches of one size, so every worker gets as many items, whatever
+        they cost. (A thread's share of what was left, for each batch, gave the
+        workers of the first wave 15 to 27 items each of 20, on 4 workers.)
+        """
         if remaining <= 0:
             return 0
         if self.seconds_per_item is None:
-            size = remaining  # nothing measured yet: the worker's budget bounds it
+            size = share = math.ceil(remaining / max(1, unmeasured_batches or self.slots))
         else:
-            wanted = self.target_seconds / max(self.seconds_per_item, 1e-7)
-            size = max(1, int(wanted))
-        # Leave work for every thread to the end, so none idles while one finishes;
-        # but a share worth less than a task's own cost (a trivial map's last
-        # few hundred items) goes in one task, not in a tail of ever smaller ones.
-        share = math.ceil(remaining / self.slots)
-        if self.seconds_per_item is not None:
+            size = max(1, int(self.target_seconds / max(self.seconds_per_item, 1e-7)))
+            # Leave work for every thread to the end, so none idles while one
+            # finishes; but a share worth less than a task's own cost (a trivial
+            # map's last few hundred items) goes in one task, not in a tail of
+            # ever smaller ones.
             worth = math.ceil(MIN_TASK_SECONDS / max(self.seconds_per_item, 1e-9))
-            share = min(remaining, max(share, worth))
+            share = min(remaining, max(math.ceil(remaining / self.slots), worth))
         size = min(size, share, self.max_items_by_bytes)
         self.largest = max(self.largest, size)
         return max(1, size)

@@ -46,6 +46,13 @@ class Placement:
         share = seconds / self._threads[worker]
         self._free_at[worker] = max(self._free_at[worker], now) + share
 
+    def revise(self, worker: str, seconds: float) -> None:
+        """Work already sent to ``worker`` is now thought to take ``seconds`` more
+        (negative: less) than estimated when it was sent."""
+        if worker in self._queued:
+            self._queued[worker] += seconds
+            self._free_at[worker] += seconds / self._threads[worker]
+
     def finished(self, worker: str, seconds: float, now: float | None = None) -> None:
         """A batch sent to ``worker`` with ``seconds`` of work has ended.
 
