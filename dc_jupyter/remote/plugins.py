@@ -217,3 +217,29 @@ class ReportWorkerJoins(SchedulerPlugin):
 
     def add_worker(self, scheduler=None, worker=None, **kwargs) -> None:
         (scheduler or self.scheduler).log_event(self.topic, {"worker": worker})
+
+
+class FreeStalePins(SchedulerPlugin):
+    """Lets tasks loosely pinned to workers that are all gone run on one that joins.
+
+    A map pins each task loosely (``workers=[w], allow_other_workers=True``). When
+    every worker dies at once (an item that kills its process can take both
+    workers of a small cluster, as Dask retries it on the other one), those
+    tasks wait in Dask's ``no-worker`` state; when workers join again, Dask
+    moves only the tasks whose restrictions the newcomer meets, ignoring that
+    the pin was loose (``Scheduler.valid_workers``), so the map waited forever.
+    Plugins' ``add_worker`` runs before that check: pins to workers that no
+    longer exist are dropped there.
+    """
+
+    idempotent = True
+    name = "dc_jupyter-free-stale-pins"
+
+    def add_worker(self, scheduler=None, worker=None, **kwargs) -> None:
+        if scheduler is None:
+            return
+        for ts in list(scheduler.unrunnable):
+            pins = ts.worker_restrictions
+            if ts.loose_restrictions and pins and not any(a in scheduler.workers for a in pins):
+                ts.worker_restrictions = None
+                ts.loose_restrictions = False

@@ -89,6 +89,8 @@ def _install(client: Any) -> None:
     client.register_plugin(plugins.ForgetOutputEvents(remote_output.OUTPUT_TOPIC))
     # ... and so are the small results pushed back with their task's end.
     client.register_plugin(plugins.ForgetOutputEvents(pushed.TOPIC_PREFIX, prefix=True))
+    # A map's tasks pinned to workers that all died run on those that join.
+    client.register_plugin(plugins.FreeStalePins())
     # Only workers with our versions, now and joining later, get work
     # (registered even with check-versions off, so turning it on works).
     for gate in versions.gate_plugins():
