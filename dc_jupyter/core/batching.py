@@ -77,9 +77,10 @@ class BatchSizer:
 
         Before anything is measured, the items are split evenly over the
         ``unmeasured_batches`` that may still go out (default: one per thread;
-        the worker's budget bounds each): batches of one size, so every worker gets as many items, whatever
-        they cost. (A thread's share of what was left, for each batch, gave the
-        workers of the first wave 15 to 27 items each of 20, on 4 workers.)
+        the worker's budget bounds each): batches of one size, so every worker
+        gets as many items, whatever they cost. (A thread's share of what was
+        left, for each batch, gave the workers of the first wave 15 to 27 items
+        each of 20, on 4 workers.)
         """
         if remaining <= 0:
             return 0

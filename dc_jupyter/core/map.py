@@ -582,10 +582,11 @@ class MapFuture:
 
     def _revise_guesses(self) -> None:
         """Under the lock, once the first batch is measured: the batches sent
-        before it were counted at their whole budget, but a small one ends
-        sooner. Counted as they are, the first wave's batches (which differ in
-        size) looked alike and left some workers with half the queue of others
-        (on 8 workers, 34 to 47 items of 40 each)."""
+        before it were counted at their whole budget, but most end sooner.
+        Counted at what they will take, the placement's backlogs are right from
+        here on, both between workers and against ``queue-seconds`` (with
+        first-wave batches of falling sizes, counted alike, 8 workers got 34 to
+        47 items of 40 each)."""
         per_item = self._sizer.seconds_per_item
         for batch in self._guessed:
             pinned, entry = self._pinned.get(batch), self._in_flight.get(batch)
