@@ -12,6 +12,7 @@ from distributed import Client
 
 from dc_jupyter import compute_this
 from dc_jupyter.backends.dask import pushed
+from dc_jupyter.core.map import MapFuture
 
 
 def _result_events(client) -> dict:
@@ -108,17 +109,44 @@ def _count_gathers(monkeypatch, client) -> list:
     return calls
 
 
-def test_the_last_batches_of_a_map_come_with_their_end(cluster, client, monkeypatch):
+def test_the_batches_a_map_ends_on_come_with_their_end(cluster, client, monkeypatch):
+    """The batch that empties a worker's queue pushes its result, whichever it is
+    (the map's end waits for it); one with work queued behind it is fetched later
+    (pushing would cost its worker ~2 ms before the next task)."""
+
     @compute_this(address=cluster.address)
-    def square(x):
+    def slow_square(x):
+        import time
+
+        time.sleep(0.01)
         return x * x
 
-    assert square.map(range(4)).compute() == [0, 1, 4, 9]  # connect first
+    assert slow_square.map(range(4)).compute() == [0, 1, 4, 9]  # connect first
+    ran: dict[int, tuple[str, float]] = {}  # batch -> (worker, when it ended)
+    settle = MapFuture._settle
+
+    def spy(self, batch, **kwargs):
+        meta = kwargs.get("meta")
+        if meta:
+            ran[batch] = (meta["worker"], meta["started"] + meta["busy"])
+        return settle(self, batch, **kwargs)
+
+    monkeypatch.setattr(MapFuture, "_settle", spy)
     gathers = _count_gathers(monkeypatch, client)
-    # Few items: every batch is among the last, so none is fetched.
-    assert square.map(range(6)).compute() == [i * i for i in range(6)]
-    assert gathers == []
+    # 120 x 10 ms: the first wave holds all of it, three batches per worker.
+    assert slow_square.map(range(120)).compute() == [i * i for i in range(120)]
+    fetched = {int(f.key.rsplit("-", 1)[1]) for args in gathers for f in args[0]}
+    by_worker: dict[str, list[tuple[float, int]]] = {}
+    for batch, (worker, ended) in ran.items():
+        by_worker.setdefault(worker, []).append((ended, batch))
+    assert len(by_worker) == 2
+    for runs in by_worker.values():
+        runs.sort()
+        assert len(runs) >= 2, runs
+        assert runs[-1][1] not in fetched  # the map's end did not wait for a fetch
+        assert runs[0][1] in fetched  # work was queued behind it: not pushed
+    gathers.clear()
     with dask.config.set({"dc_jupyter.push-results-below": 0}):
-        assert square.map(range(6)).compute() == [i * i for i in range(6)]
+        assert slow_square.map(range(6)).compute() == [i * i for i in range(6)]
     assert gathers  # switched off, they are fetched
     assert wait_until(lambda: not _result_events(client), timeout=10)

@@ -111,9 +111,7 @@ class BatchChannel:
     ``retries``: how often a failing item is run again before its error counts;
     ``budget``: seconds after which the batch stops and hands back the items it
     did not reach (``remote_job.run_batch``); ``worker``: where the map would
-    like the batch to run (a hint; backends without ``workers`` ignore it);
-    ``last``: nothing is left to send after it, so its result should come back
-    as fast as possible (the end of the map waits for it).
+    like the batch to run (a hint; backends without ``workers`` ignore it).
     """
 
     #: Each item is its one argument, not a tuple of arguments (``MapJob.single``).
@@ -132,7 +130,6 @@ class BatchChannel:
         key: str,
         budget: float | None = None,
         worker: str | None = None,
-        last: bool = True,
     ) -> Any:
         future: Future = Future()
         future.set_running_or_notify_cancel()

@@ -47,7 +47,6 @@ class _ExecutorBatches(BatchChannel):
         key: str,
         budget: float | None = None,
         worker: str | None = None,
-        last: bool = True,
     ) -> Future:
         return self.executor.submit(
             remote_job.run_batch,

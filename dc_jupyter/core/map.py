@@ -299,9 +299,9 @@ class MapFuture:
         """How many tasks (batches) the items went out in so far."""
         return self._batches
 
-    def _plan(self) -> tuple[int, int, int, str | None, bool] | None:
-        """Under the lock: the next batch to send, the worker it is meant for and
-        whether it is among the last, or None (enough in flight / none left)."""
+    def _plan(self) -> tuple[int, int, int, str | None] | None:
+        """Under the lock: the next batch to send and the worker it is meant for,
+        or None (enough in flight / none left)."""
         self._max_in_flight = self._slots * self._sizer.tasks_per_thread(
             self._tasks_per_thread, self._queue_seconds
         )
@@ -312,7 +312,7 @@ class MapFuture:
             self._batches += 1
             self._in_flight[batch] = (start, size, None)
             self._alone_batch = batch
-            return batch, start, size, None, True
+            return batch, start, size, None
         worker = None
         per_item = self._sizer.seconds_per_item
         if self._placement:
@@ -343,11 +343,7 @@ class MapFuture:
             if per_item is None:
                 self._guessed.append(batch)
             self._placement.sent(worker, seconds)
-        # Among the last: less than one more such batch per thread is left after
-        # it, or the map is so small that all of it goes in the first wave, an
-        # item a batch.
-        last = remaining - size <= self._slots * size or remaining <= self._max_in_flight
-        return batch, start, size, worker, last
+        return batch, start, size, worker
 
     def _pump(self) -> None:
         # Re-entrant by design: with the local backend a batch finishes inside
@@ -381,7 +377,7 @@ class MapFuture:
                     return
             self._send(plans)
 
-    def _send(self, plans: list[tuple[int, int, int, str | None, bool]]) -> None:
+    def _send(self, plans: list[tuple[int, int, int, str | None]]) -> None:
         budget = self._sizer.budget
         try:
             requests = [
@@ -390,9 +386,8 @@ class MapFuture:
                     f"{self.name}-map-{self._token}-{batch}",
                     budget,
                     worker,
-                    last,
                 )
-                for batch, start, size, worker, last in plans
+                for batch, start, size, worker in plans
             ]
             if self._output is None:  # in-process: its lines are marked as it prints
                 start = plans[0][1]

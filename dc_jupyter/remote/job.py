@@ -650,6 +650,24 @@ def _state(worker=None):
     return state
 
 
+def _tasks_waiting() -> bool:
+    """Whether this worker has tasks ready to start as soon as a thread is free.
+
+    Pushing a result (``push_result``) costs the worker ~2 ms before it starts
+    its next task (1.9 -> 4.1 ms between a map's batches on one worker); with
+    a task waiting, the map is not waiting for this result either: it has more
+    work out. The batches that end a worker's queue are the ones the map's end
+    waits for, whichever of them it is, and they cost nothing this way.
+    """
+    try:
+        from distributed import get_worker
+
+        state = get_worker().state
+        return bool(state.ready) or bool(state.constrained)
+    except Exception:  # not on a Dask worker (local backends)
+        return False
+
+
 def _current_key():
     try:
         from distributed.worker import thread_state
@@ -820,7 +838,9 @@ def run_batch(
     except Exception:
         pass
     else:
-        if push:  # after the output's last event, as in run_job
+        # After the output's last event, as in run_job; and only when no task
+        # waits for this thread (see _tasks_waiting).
+        if push and not _tasks_waiting():
             push_result(blob, *push)
         return blob
     # Some value cannot be pickled: find it with the single-call machinery,
