@@ -11,10 +11,12 @@ import cloudpickle
 import pytest
 
 from dc_jupyter import compute_this
+from dc_jupyter.backends.base import BatchChannel
 from dc_jupyter.cell.futures import CellFuture
 from dc_jupyter.core.batching import BatchSizer
 from dc_jupyter.core.futures import JobFuture
-from dc_jupyter.core.map import MapProgress
+from dc_jupyter.core.map import MapFuture, MapProgress
+from dc_jupyter.remote.job import run_batch
 from dc_jupyter.ui import monitor, render
 
 # -- batch sizing ----------------------------------------------------------------
@@ -348,3 +350,35 @@ def test_placement_sends_to_the_worker_whose_queue_empties_first():
     assert placement.least_loaded(now=0.4) == ("c", pytest.approx(0.3))
     # Backends that place work themselves name no workers: nothing to place.
     assert not Placement({})
+
+
+class _PushedAhead(BatchChannel):
+    """Stands in for the Dask channel's ordering, which on a real cluster is a
+    matter of milliseconds: every batch's result is here (pushed) at once, and
+    Dask's future of it never says it finished."""
+
+    fetch_together = True
+
+    def __init__(self, function_blob: bytes) -> None:
+        super().__init__(function_blob)
+        self.futures: list[Future] = []
+        self.blobs: dict[int, bytes] = {}
+
+    def send(self, items_blob, key, budget=None, worker=None):
+        future: Future = Future()
+        self.blobs[id(future)] = run_batch(self.function_blob, items_blob, budget=budget)
+        self.futures.append(future)
+        return future
+
+    def when_arrived(self, future, callback):
+        callback()
+
+    def gather(self, futures):
+        return {i: self.blobs[id(f)] for i, f in enumerate(futures) if id(f) in self.blobs}
+
+
+def test_a_map_takes_a_result_that_arrives_ahead_of_its_future():
+    channel = _PushedAhead(cloudpickle.dumps(lambda x: x * 10))
+    handle = MapFuture([(i,) for i in range(50)], name="times_ten", channel=channel, slots=2)
+    assert handle.result(timeout=10) == [i * 10 for i in range(50)]
+    assert channel.futures and not any(f.done() for f in channel.futures)

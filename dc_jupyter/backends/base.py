@@ -153,6 +153,11 @@ class BatchChannel:
         Backends where sending costs a round trip send them together."""
         return [self.send(*request) for request in requests]
 
+    def when_arrived(self, future: Any, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` when the batch's result is here ahead of ``future``
+        being done (``gather`` has it then), if it can be (Dask's pushed results).
+        Here it cannot: the future is done when its result is."""
+
     def failure(self, exc: Exception, name: str, future: Any) -> Exception | None:
         """A clearer error for a batch that failed as a whole with ``exc``, or None.
 
@@ -170,8 +175,9 @@ class BatchChannel:
     fetch_together = False
 
     def gather(self, futures: list[Any]) -> dict[int, Any]:
-        """Result blobs of those ``futures`` that finished well, fetched in one call,
-        by position; the map fetches the others one by one."""
+        """Result blobs of those ``futures`` that finished well (fetched in one
+        call) or whose result arrived ahead of them (``when_arrived``), by
+        position; the map fetches the others one by one."""
         return {}
 
     def cancel(self, futures: list[Any]) -> None:

@@ -41,7 +41,7 @@ class Arrival:
     def __init__(self) -> None:
         self.blob: Any = None
         self._lock = threading.Lock()
-        self._waiters: list[threading.Event] = []
+        self._callbacks: list[Callable[[], Any]] = []
 
     def set(self, blob: Any) -> None:
         """The result is here (the first one counts; a rerun may send it again)."""
@@ -49,17 +49,18 @@ class Arrival:
             if self.blob is not None or blob is None:
                 return
             self.blob = blob
-            waiters, self._waiters = self._waiters, []
-        for event in waiters:
-            event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
-    def notify(self, event: threading.Event) -> None:
-        """Set ``event`` when the result arrives (at once if it has)."""
+    def when_set(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` when the result arrives (at once if it has); it may
+        run on the backend's event loop, so it must not wait."""
         with self._lock:
             if self.blob is None:
-                self._waiters.append(event)
+                self._callbacks.append(callback)
                 return
-        event.set()
+        callback()
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ class JobFuture:
         the backend's future, or when that future is done. For waits; ``event.set``
         may run on the backend's event loop."""
         if self._arrival is not None:
-            self._arrival.notify(event)
+            self._arrival.when_set(event.set)
         self._inner.add_done_callback(lambda _: event.set())
 
     def cancelled(self) -> bool:

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
@@ -404,6 +405,10 @@ class MapFuture:
                 if batch in self._in_flight:
                     self._in_flight[batch] = (start, size, future)
             future.add_done_callback(functools.partial(self._on_batch_done, batch))
+            if self._fetch_together:
+                # Weakly: the channel keeps the arrival, and the map keeps the channel.
+                arrived = functools.partial(_on_arrival, weakref.ref(self), batch)
+                self._channel.when_arrived(future, arrived)
 
     def _on_batch_done(self, batch: int, future: Any) -> None:
         if not self._fetch_together:
@@ -431,12 +436,16 @@ class MapFuture:
             ready = None  # see _collect_many: keep no batch future in this frame
 
     def _collect_many(self, ready: list[tuple[int, Any]]) -> None:
+        # A batch whose result was pushed comes twice (when it arrives, and when
+        # Dask says it finished): once is enough.
+        with self._lock:
+            ready[:] = [(b, f) for b, f in dict(ready).items() if b in self._in_flight]
         blobs = self._gather([f for _, f in ready])
         try:
             for position, (batch, future) in enumerate(ready):
                 if position in blobs:
                     self._decode(batch, blobs[position], future)
-                else:
+                elif future.done():  # else it is here by its arrival: see gather
                     self._collect(batch, future, pump=False)
         finally:
             # Item errors come back with tracebacks rebuilt by tblib out of real
@@ -798,3 +807,18 @@ def _call_logged(fn: Callable[[MapFuture], Any], handle: MapFuture) -> None:
 def _channel_threshold(channel: BatchChannel) -> int:
     # Batches stay below the scatter threshold so they ride inside the task.
     return int(getattr(channel, "threshold", 0) or 1_000_000)
+
+
+def _on_arrival(ref: weakref.ref, batch: int) -> None:
+    """A batch's result came ahead of Dask's news that it finished: collect it.
+
+    The future is looked up, not held: an arrival that never comes (a batch
+    fetched instead, or one that failed) must not keep its task on the cluster.
+    """
+    mapped = ref()
+    if mapped is None:
+        return
+    with mapped._lock:
+        entry = mapped._in_flight.get(batch)
+    if entry is not None and entry[2] is not None:
+        mapped._on_batch_done(batch, entry[2])
