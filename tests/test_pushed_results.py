@@ -150,3 +150,22 @@ def test_the_batches_a_map_ends_on_come_with_their_end(cluster, client, monkeypa
         assert slow_square.map(range(6)).compute() == [i * i for i in range(6)]
     assert gathers  # switched off, they are fetched
     assert wait_until(lambda: not _result_events(client), timeout=10)
+
+
+def test_kept_map_handles_leave_no_task_on_the_cluster(cluster, client):
+    """A map that took its last results as they arrived hears of their end from
+    Dask after it finished: that news must not keep their tasks on the cluster
+    while the notebook holds the handle."""
+
+    @compute_this(address=cluster.address)
+    def slow_square(x):
+        import time
+
+        time.sleep(0.005)
+        return x * x
+
+    handles = [slow_square.map(range(30)).submit() for _ in range(5)]
+    for handle in handles:
+        assert handle.result(timeout=30) == [i * i for i in range(30)]
+    assert wait_until(lambda: scheduler_task_count(client) == 0, timeout=15)
+    assert len(handles) == 5  # still held

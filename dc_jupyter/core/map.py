@@ -417,6 +417,10 @@ class MapFuture:
         # Fetching costs a round trip (Dask): one collector thread fetches
         # whatever has finished in a single call, then sends the next batches.
         with self._lock:
+            if batch not in self._in_flight:
+                # Settled already, by its result that arrived ahead: kept here
+                # after the map's end, its future would keep the task on the cluster.
+                return
             self._ready.append((batch, future))
             if self._collector is None and not self._finished.is_set():
                 self._collector = threading.Thread(
