@@ -361,6 +361,34 @@ def test_the_readme_tour_runs_as_a_script_without_a_guard(tmp_path):
     assert wait_until(lambda: not any(_alive(p) for p in pids), timeout=10)
 
 
+def test_a_script_that_ends_right_after_its_results_prints_no_traceback(tmp_path):
+    """Small results come ahead of Dask's news that their tasks finished: the
+    script may be exiting when that news comes, and must stay quiet then."""
+    script = tmp_path / "quick.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from dc_jupyter import compute_this
+
+            @compute_this()
+            def double(x):
+                return 2 * x
+
+            print(double.map(range(8)).compute())
+            print(double(2).compute())
+            """
+        )
+    )
+    for _ in range(3):  # a race: once was not enough to see it
+        proc = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, env=_env(),
+            cwd=tmp_path, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["[0,", "2,", "4,", "6,", "8,", "10,", "12,", "14]", "4"]
+        assert "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_ctrl_c_while_the_cluster_starts_leaves_nothing_and_the_next_call_starts(tmp_path):
     script = textwrap.dedent(
         """

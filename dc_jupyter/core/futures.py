@@ -34,6 +34,28 @@ def _strip_plumbing(exc: BaseException) -> BaseException:
     return rebuild(exc)
 
 
+def when_done(future: Any, callback: Callable[[Any], Any]) -> None:
+    """Call ``callback(future)`` once ``future`` is done; ``callback`` must not wait.
+
+    A Dask future's callback runs on its client's event loop, not through
+    Dask's callback thread pool (``Future.add_done_callback``): Python shuts
+    that pool at exit, and a result pushed ahead of Dask's news that its task
+    finished (``backends.dask.pushed``) lets a script end before the news
+    comes; each callback still pending then logged a RuntimeError traceback
+    ("cannot schedule new futures after interpreter shutdown").
+    """
+    loop = getattr(getattr(future, "client", None), "loop", None)
+    if loop is not None:
+        try:
+            from distributed.client import done_callback
+        except ImportError:  # a Dask without it: its thread pool, as before
+            pass
+        else:
+            loop.add_callback(done_callback, future, callback)
+            return
+    future.add_done_callback(callback)
+
+
 class Arrival:
     """A result blob that may arrive ahead of the backend's future (a Dask job's
     small result comes with the news of its end: ``backends.dask.pushed``)."""
@@ -158,7 +180,7 @@ class JobFuture:
         may run on the backend's event loop."""
         if self._arrival is not None:
             self._arrival.when_set(event.set)
-        self._inner.add_done_callback(lambda _: event.set())
+        when_done(self._inner, lambda _: event.set())
 
     def cancelled(self) -> bool:
         return self.status == "cancelled"

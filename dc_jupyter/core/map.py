@@ -19,7 +19,7 @@ from dc_jupyter import config
 from dc_jupyter.config import seconds
 from dc_jupyter.core import observe, output, pickling
 from dc_jupyter.core.batching import BatchSizer, check_items, pickle_plain, plain_item_bytes
-from dc_jupyter.core.futures import _strip_plumbing
+from dc_jupyter.core.futures import _strip_plumbing, when_done
 from dc_jupyter.core.job import contains_job, wait_or_cancel
 from dc_jupyter.core.placement import Placement
 from dc_jupyter.errors import SerializationError
@@ -404,7 +404,7 @@ class MapFuture:
             with self._lock:
                 if batch in self._in_flight:
                     self._in_flight[batch] = (start, size, future)
-            future.add_done_callback(functools.partial(self._on_batch_done, batch))
+            when_done(future, functools.partial(self._on_batch_done, batch))
             if self._fetch_together:
                 # Weakly: the channel keeps the arrival, and the map keeps the channel.
                 arrived = functools.partial(_on_arrival, weakref.ref(self), batch)
